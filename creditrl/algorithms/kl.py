@@ -1,0 +1,84 @@
+"""KL estimators between the policy and a reference, per token (Schulman, "Approximating KL divergence").
+
+With d = l - l_ref (l = log pi_theta(y_t), l_ref = log pi_ref(y_t)):
+
+    k1 (kl)           d                                           gradient  grad(l)
+    abs               |d|                                         gradient  sign(d) grad(l)
+    k2 (mse)          d^2 / 2                                     gradient  d grad(l)
+    k3 (low_var_kl)   u = clamp(l_ref - l, -20, 20); clamp(e^u - u - 1, -10, 10)
+    <name>+           value of <name>, gradient of k2 (straight-through): k2 - sg(k2) + sg(<name>)
+
+Reference: verl 0.9.1 `kl_penalty_forward` (algorithms.md section 4). Placement: as a loss term (GRPO style,
+`KLLoss`, aggregated like the policy loss) or as a reward penalty (`kl_reward_penalty`, applied before the
+advantage estimator).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from creditrl.algorithms.base import LossInputs, Metrics, masked_mean
+from creditrl.algorithms.registry import REGULARIZERS
+
+KL_ESTIMATORS = ("k1", "k2", "k3", "abs", "k1+", "k2+", "k3+", "abs+")
+_ALIASES = {"kl": "k1", "mse": "k2", "low_var_kl": "k3"}
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k3") -> Tensor:
+    """Per-token KL estimate [B, T] between the policy and the reference (see module docstring)."""
+    straight_through = estimator.endswith("+")
+    base = _ALIASES.get(estimator.rstrip("+"), estimator.rstrip("+"))
+    d = logprobs - ref_logprobs
+    if base == "k1":
+        value = d
+    elif base == "abs":
+        value = d.abs()
+    elif base == "k2":
+        value = 0.5 * d.square()
+    elif base == "k3":
+        u = torch.clamp(ref_logprobs - logprobs, -20.0, 20.0)
+        value = torch.clamp(torch.exp(u) - u - 1.0, -10.0, 10.0)
+    else:
+        raise ValueError(f"unknown KL estimator '{estimator}'; choose one of {', '.join(KL_ESTIMATORS)}")
+    if straight_through:
+        k2 = 0.5 * d.square()
+        value = k2 - k2.detach() + value.detach()
+    return value
+
+
+@dataclass
+class KLLossConfig:
+    coef: float = 0.001
+    estimator: str = "k3"
+
+    def __post_init__(self):
+        name = _ALIASES.get(self.estimator.rstrip("+"), self.estimator.rstrip("+"))
+        if name not in ("k1", "k2", "k3", "abs"):
+            raise ValueError(f"unknown KL estimator '{self.estimator}'; choose one of {', '.join(KL_ESTIMATORS)}")
+
+
+@REGULARIZERS.register("kl_loss", KLLossConfig)
+class KLLoss:
+    """KL to the reference model as a loss term: L + coef * KL_t (GRPO style)."""
+
+    needs = frozenset({"ref_logprobs"})
+
+    def __init__(self, cfg: KLLossConfig):
+        self.cfg = cfg
+
+    def __call__(self, inputs: LossInputs, loss: Tensor) -> tuple[Tensor, Metrics]:
+        if inputs.ref_logprobs is None:
+            raise ValueError("kl_loss needs reference log-probs, but none were computed")
+        kl = kl_penalty(inputs.logprobs, inputs.ref_logprobs, self.cfg.estimator)
+        return loss + self.cfg.coef * kl * inputs.mask, {"actor/kl_loss": masked_mean(kl, inputs.mask).detach()}
+
+
+def kl_reward_penalty(
+    token_rewards: Tensor, old_logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, coef: float, estimator: str
+) -> tuple[Tensor, Tensor]:
+    """KL in the reward (verl `apply_kl_penalty`): r_t - coef * m_t * KL(l_old, l_ref). Returns (rewards, kl)."""
+    kl = kl_penalty(old_logprobs, ref_logprobs, estimator) * mask  # [B, T]
+    return token_rewards - coef * kl, kl

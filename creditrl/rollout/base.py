@@ -1,0 +1,90 @@
+"""The rollout-engine interface. The Hugging Face `generate` engine implements it on CPU; the vLLM engine
+implements it on GPU (issue on distributed rollout). Everything crosses this boundary as plain lists, so the
+same types travel through Ray's object store.
+
+Sample order: for prompts p_0..p_{P-1} and n samples each, output row `k` is sample `k % n` of prompt `k // n`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1  # samples per prompt
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    seed: int | None = None  # per-call seed; None = the engine's RNG stream
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n (samples per prompt) must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class RolloutOutput:
+    """Generated samples, one row per (prompt, sample). Response token lists include the EOS token if produced."""
+
+    prompt_ids: list[list[int]]  # [B] prompt token ids (no padding)
+    response_ids: list[list[int]]  # [B] response token ids (no padding)
+    logprobs: list[list[float]]  # [B] sampler log-prob of each response token (after temperature / top-p)
+    finished: list[bool]  # [B] True if the response ended with EOS, False if cut at max_new_tokens
+    prompt_index: list[int]  # [B] index of the prompt in the request
+    weight_version: int = 0  # version of the weights that generated these samples
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+    def padded(self, pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(response_ids [B, T] long, response_mask [B, T] float, logprobs [B, T] float32), right-padded."""
+        t = max((len(r) for r in self.response_ids), default=0)
+        t = max(t, 1)
+        ids = torch.full((len(self), t), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(self), t), dtype=torch.float32)
+        lps = torch.zeros((len(self), t), dtype=torch.float32)
+        for i, (r, lp) in enumerate(zip(self.response_ids, self.logprobs)):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1.0
+            lps[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
+        return ids, mask, lps
+
+    @staticmethod
+    def concat(parts: list["RolloutOutput"]) -> "RolloutOutput":
+        """Concatenate outputs of consecutive prompt chunks (prompt_index is offset accordingly)."""
+        out = RolloutOutput([], [], [], [], [], weight_version=parts[0].weight_version if parts else 0)
+        offset = 0
+        for p in parts:
+            out.prompt_ids += p.prompt_ids
+            out.response_ids += p.response_ids
+            out.logprobs += p.logprobs
+            out.finished += p.finished
+            out.prompt_index += [i + offset for i in p.prompt_index]
+            offset += (max(p.prompt_index) + 1) if p.prompt_index else 0
+            out.weight_version = min(out.weight_version, p.weight_version)
+        return out
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """Generates samples for token-id prompts and receives new weights from the learner."""
+
+    weight_version: int
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutOutput: ...
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Tensor]], version: int) -> None:
+        """Load new policy weights (HF parameter names) and set the weight version."""
+        ...
