@@ -101,7 +101,7 @@ def part(registry: Registry, default: str) -> Any:
     """A config field holding one part of `registry`, default `default` with default options."""
     return dataclasses.field(
         default_factory=lambda: PartSpec(default, registry.get(default).config_cls()),
-        metadata={"registry": registry},
+        metadata={"registry": registry, "default": default},
     )
 
 

@@ -1,13 +1,27 @@
 """Reward functions and the manager that scores batches safely. Importing registers every reward."""
 
-from creditrl.rewards import numeric  # noqa: F401  (registers rewards)
+from creditrl.rewards import code, custom, math_answer, numeric, reward_model, shaping  # noqa: F401  (registers)
 from creditrl.rewards.base import (
     REWARDS,
     RewardBatch,
-    RewardManager,
+    RewardConfigError,
     RewardResult,
     RewardSample,
+    WeightedReward,
     build_rewards,
 )
+from creditrl.rewards.config import RewardConfig
+from creditrl.rewards.manager import RewardManager, ScoredSample
 
-__all__ = ["REWARDS", "RewardBatch", "RewardManager", "RewardResult", "RewardSample", "build_rewards"]
+__all__ = [
+    "REWARDS",
+    "RewardBatch",
+    "RewardConfig",
+    "RewardConfigError",
+    "RewardManager",
+    "RewardResult",
+    "RewardSample",
+    "ScoredSample",
+    "WeightedReward",
+    "build_rewards",
+]

@@ -1,4 +1,4 @@
-"""The rewards interface: a reward function scores one sample; `RewardManager` scores a batch safely.
+"""The rewards interface: a reward function scores one sample; `RewardManager` (manager.py) scores batches.
 
 A reward function takes a `RewardSample` and returns a float or a `RewardResult` (score plus a reason).
 Reward functions are registered by name with a typed config:
@@ -6,17 +6,23 @@ Reward functions are registered by name with a typed config:
     @REWARDS.register("numeric_answer", NumericAnswerConfig)
     def build(cfg) -> RewardFn: ...
 
-A recipe combines several with weights (`reward.fns`). A function that raises is scored 0, logged with the
-sample id and counted in the metrics (`reward/failures`); it never crashes the run.
+A reward that is much faster on a whole batch (a reward model on a GPU) returns an object with a
+`score_batch(samples) -> list[float | RewardResult]` method as well (`BatchRewardFn`); the manager calls it once
+per batch in the driver process instead of once per sample in the worker pool.
+
+A recipe combines several with weights (`reward.fns`). A function that raises or times out is scored 0, logged
+with the sample id and counted in the metrics (`reward/failures`); it never crashes the run.
 """
 
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from creditrl.registry import PartSpec, Registry
+from creditrl.rewards.timeouts import RewardTimeout, deadline
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,7 @@ class RewardSample:
     answer: str  # ground truth from the dataset's answer field
     truncated: bool = False  # the response hit max_new_tokens without EOS
     meta: dict[str, Any] = field(default_factory=dict)
+    response_tokens: int | None = None  # valid response length |y| in tokens (length shaping needs it)
 
 
 @dataclass
@@ -44,19 +51,46 @@ RewardFn = Callable[[RewardSample], "float | RewardResult"]
 REWARDS: Registry[RewardFn] = Registry("reward function")
 
 
+@runtime_checkable
+class BatchRewardFn(Protocol):
+    """A reward scored a batch at a time (e.g. a reward model); still callable on one sample."""
+
+    def __call__(self, sample: RewardSample) -> float | RewardResult: ...
+
+    def score_batch(self, samples: list[RewardSample]) -> list[float | RewardResult]: ...
+
+
+class RewardConfigError(ValueError):
+    """A reward function can not be built from its options; the message says what to fix."""
+
+
 def as_result(value: float | RewardResult) -> RewardResult:
     if isinstance(value, RewardResult):
         return value
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"a reward function must return a float or a RewardResult, got {type(value).__name__}")
     return RewardResult(float(value))
 
 
-def safe_call(fn: RewardFn, sample: RewardSample, name: str) -> RewardResult:
-    """Call a reward function; an exception scores 0 with the error as the reason (logged, never raised)."""
+def failure(name: str, sample_id: str, reason: str) -> RewardResult:
+    """A failed call: score 0, logged with the sample id."""
+    log.warning("reward '%s' failed on sample %s: %s", name, sample_id, reason)
+    return RewardResult(0.0, reason=reason, failed=True)
+
+
+def safe_call(fn: RewardFn, sample: RewardSample, name: str, timeout_s: float | None = None) -> RewardResult:
+    """Call a reward function; an exception or a timeout scores 0 with a reason (logged, never raised).
+
+    `timeout_s` is enforced with SIGALRM when called in the main thread (see timeouts.py); the worker pools
+    also enforce it from outside by killing the worker.
+    """
     try:
-        return as_result(fn(sample))
+        with deadline(timeout_s):
+            return as_result(fn(sample))
+    except RewardTimeout:
+        return failure(name, sample.sample_id, f"timeout after {timeout_s:.3g}s")
     except Exception as e:  # noqa: BLE001 - a user's reward must never crash the run
-        log.warning("reward '%s' raised on sample %s: %s: %s", name, sample.sample_id, type(e).__name__, e)
-        return RewardResult(0.0, reason=f"error: {type(e).__name__}: {e}", failed=True)
+        return failure(name, sample.sample_id, f"error: {type(e).__name__}: {e}")
 
 
 @dataclass
@@ -64,6 +98,11 @@ class WeightedReward:
     name: str
     weight: float
     fn: RewardFn
+    spec: PartSpec | None = None  # how to rebuild `fn` in a worker process (None: it is pickled instead)
+
+    @property
+    def batched(self) -> bool:
+        return isinstance(self.fn, BatchRewardFn)
 
 
 @dataclass
@@ -72,39 +111,37 @@ class RewardBatch:
     components: dict[str, list[float]]  # name -> [B] unweighted score of each function
     reasons: list[list[str]]  # [B] non-empty reasons of each sample
     failures: int  # number of (sample, function) calls that raised or timed out
+    failures_by_fn: dict[str, int] = field(default_factory=dict)  # name -> failures of that function
 
     def metrics(self) -> dict[str, float]:
         n = max(len(self.scores), 1)
         out = {"reward/mean": sum(self.scores) / n, "reward/failures": float(self.failures)}
         for name, vals in self.components.items():
             out[f"reward/{name}"] = sum(vals) / n
+        for name, count in self.failures_by_fn.items():
+            if count:
+                out[f"reward/failures/{name}"] = float(count)
         return out
 
 
+def component_name(spec: PartSpec, taken: set[str]) -> str:
+    """The metric name of a reward in `reward.fns`: its name, or name_2, name_3 when a name repeats."""
+    name, k = spec.name, 2
+    while name in taken:
+        name, k = f"{spec.name}_{k}", k + 1
+    return name
+
+
 def build_rewards(specs: list[PartSpec]) -> list[WeightedReward]:
-    """Build the weighted reward functions of `reward.fns` (each spec carries its `weight`)."""
-    return [WeightedReward(s.name, s.weight, REWARDS.build(s.name, s.options)) for s in specs]
+    """Build the weighted reward functions of `reward.fns` (each spec carries its `weight`).
 
-
-class RewardManager:
-    """Scores batches of samples with a weighted sum of reward functions, never raising."""
-
-    def __init__(self, rewards: list[WeightedReward]):
-        if not rewards:
-            raise ValueError("reward.fns is empty: name at least one reward function")
-        self.rewards = rewards
-
-    def score(self, samples: list[RewardSample]) -> RewardBatch:
-        components: dict[str, list[float]] = {r.name: [] for r in self.rewards}
-        reasons: list[list[str]] = [[] for _ in samples]
-        scores = [0.0] * len(samples)
-        failures = 0
-        for r in self.rewards:
-            for i, s in enumerate(samples):
-                res = safe_call(r.fn, s, r.name)
-                failures += int(res.failed)
-                components[r.name].append(res.score)
-                scores[i] += r.weight * res.score
-                if res.reason:
-                    reasons[i].append(f"{r.name}: {res.reason}")
-        return RewardBatch(scores, components, reasons, failures)
+    Building is where options are checked (a missing model directory, a user function with a wrong signature,
+    a sandbox that can not isolate code): the errors surface at start-up, not at the first step.
+    """
+    out: list[WeightedReward] = []
+    taken: set[str] = set()
+    for s in specs:
+        name = component_name(s, taken)
+        taken.add(name)
+        out.append(WeightedReward(name, s.weight, REWARDS.build(s.name, s.options), s))
+    return out

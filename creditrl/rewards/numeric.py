@@ -1,9 +1,10 @@
 """Exact numeric answer reward: 1 if the response's final answer equals the ground truth, else 0.
 
-Answer extraction, in order: the content of the last `\\boxed{...}`; the text after the last "answer is" /
-"Answer:" / "A:"; otherwise the last number in the response. Numbers are parsed tolerantly ("1,234", "+5",
-"3.50", "7/2", "-0"), and compared with a relative/absolute tolerance. When either side is not a plain
-number (LaTeX, fractions with braces, expressions), `math_verify` decides equivalence.
+Answer extraction (extract.py), in order: the content of the last `\\boxed{...}`; the first number after the
+last "answer is" / "answer:" marker (or the marked text itself when it has no number); otherwise the last
+number in the response. Numbers are parsed tolerantly ("1,234", "+5", "3.50", "7/2", "-0") and compared with
+a relative/absolute tolerance. When either side is not a plain number (LaTeX, fractions with braces,
+expressions), `math_verify` decides equivalence (math_answer.py is the full math reward).
 """
 
 from __future__ import annotations
@@ -14,10 +15,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from creditrl.rewards.base import REWARDS, RewardResult, RewardSample
-
-_NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:/\d+)?|[-+]?\.\d+")
-_BOXED = re.compile(r"\\boxed\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}")
-_MARKER = re.compile(r"(?:answer is|answer:|\bA:)\s*(.*)", re.IGNORECASE | re.DOTALL)
+from creditrl.rewards.extract import NUMBER, after_marker, last_boxed, last_number
 
 
 def parse_number(text: str) -> float | None:
@@ -37,28 +35,23 @@ def parse_number(text: str) -> float | None:
 
 def extract_answer(response: str) -> str | None:
     """The final-answer text of a response (see module docstring), or None."""
-    boxed = _BOXED.findall(response)
+    boxed = last_boxed(response)
     if boxed:
-        return boxed[-1].strip()
-    marker = list(_MARKER.finditer(response))
-    if marker:
-        tail = marker[-1].group(1).strip()
-        nums = _NUMBER.findall(tail)
-        if nums:
-            return nums[0]
-        if tail:
-            return tail.splitlines()[0].strip()
-    nums = _NUMBER.findall(response)
-    return nums[-1] if nums else None
+        return boxed
+    marked = after_marker(response)
+    if marked:
+        nums = NUMBER.findall(marked)
+        return nums[0] if nums else marked
+    return last_number(response)
 
 
 def answers_match(predicted: str, truth: str, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
     p, t = parse_number(predicted), parse_number(truth)
     if p is not None and t is not None:
         return math.isclose(p, t, rel_tol=rel_tol, abs_tol=abs_tol)
-    from math_verify import parse, verify  # slow import; only for non-plain answers
+    from creditrl.rewards.math_answer import math_equal  # slow import; only for non-plain answers
 
-    return bool(verify(parse(f"${truth}$"), parse(f"${predicted}$")))
+    return math_equal(predicted, truth)
 
 
 @dataclass

@@ -1,0 +1,111 @@
+"""Clip-Cov: detach a few random high-covariance tokens from the PPO loss (arXiv 2505.22617, section 5).
+
+    r = exp(l - l_old)                          (unclamped, as in the reference)
+    L1 = -A r,  L2 = -A clamp(r, 1 - eps_low, 1 + eps_high)
+    cov_t = (A_t - mean A)(l_t - mean l)        over the micro-batch's valid tokens (see covariance.py)
+    candidates: valid, not already PPO-clipped (L2 > L1), lb < cov_t < ub
+    pick k = max(1, floor(ratio * N_valid)) candidates uniformly at random; corr = 0 there, 1 elsewhere
+    L = max(L1, L2) * corr                      (no dual clip)
+
+Reference: verl 0.9.1 `compute_policy_loss_clip_cov` (algorithms.md section 2.8), originally
+`PRIME-RL/Entropy-Mechanism-of-RL`. verl draws with the global torch RNG (`torch.randperm`); here the draw uses
+a generator seeded from `seed` and advanced on every call, so runs are reproducible (section 17.2); with the
+same generator state the selection equals verl's (same candidate order, same randperm). The generator is not
+checkpointed: after a resume the random stream restarts from `seed`.
+Defaults are verl's (eps 0.2 / 0.2, ratio 2e-4, lb 1, ub 5); the original scripts use eps_low = eps_high = 1.
+Statistics are per micro-batch (reference behaviour, section 17.1).
+Metrics: `pg_clipfrac` = PPO-clipped tokens; `clip_cov/selected_frac` = tokens detached by Clip-Cov (verl logs
+this one as `pg_clipfrac`); `clip_cov/candidate_frac`; `ppo_kl`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from creditrl.algorithms.base import LossInputs, Metrics, masked_mean
+from creditrl.algorithms.covariance import token_covariance
+from creditrl.algorithms.registry import POLICY_LOSSES
+
+
+def clip_cov_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    clip_cov_ratio: float = 2e-4,
+    clip_cov_lb: float = 1.0,
+    clip_cov_ub: float = 5.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Metrics]:
+    """Per-token Clip-Cov loss [B, T] and its metrics. All inputs [B, T]."""
+    delta = logprobs - old_logprobs
+    ratio = torch.exp(delta)
+    loss1 = -advantages * ratio
+    loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    valid = mask > 0
+    ppo_clipped = (loss2 > loss1) & valid
+    cov = token_covariance(logprobs, advantages, mask)
+    candidates = valid & ~ppo_clipped & (cov > clip_cov_lb) & (cov < clip_cov_ub)
+    idx = torch.nonzero(candidates)  # [n_candidates, 2], row-major order
+    k = max(int(clip_cov_ratio * float(mask.sum())), 1)
+    chosen = idx[torch.randperm(len(idx), generator=generator)[:k]]
+    corr = torch.ones_like(advantages)
+    corr[chosen[:, 0], chosen[:, 1]] = 0.0
+    metrics: Metrics = {
+        "pg_clipfrac": masked_mean(ppo_clipped.float(), mask).detach(),
+        "clip_cov/selected_frac": masked_mean((corr == 0).float(), mask).detach(),
+        "clip_cov/candidate_frac": masked_mean(candidates.float(), mask).detach(),
+        "ppo_kl": masked_mean(-delta, mask).detach(),
+    }
+    return torch.maximum(loss1, loss2) * corr * mask, metrics
+
+
+@dataclass
+class ClipCovConfig:
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    clip_cov_ratio: float = 2e-4  # fraction of valid tokens to detach
+    clip_cov_lb: float = 1.0
+    clip_cov_ub: float = 5.0
+    seed: int = 0  # of the generator that picks the detached tokens
+
+    def __post_init__(self):
+        if not 0 < self.clip_cov_ratio <= 1:
+            raise ValueError(f"clip_cov.clip_cov_ratio must be in (0, 1] (got {self.clip_cov_ratio})")
+        if self.clip_cov_lb >= self.clip_cov_ub:
+            raise ValueError(
+                f"clip_cov.clip_cov_lb must be < clip_cov_ub (got {self.clip_cov_lb} >= {self.clip_cov_ub})"
+            )
+        if self.clip_low < 0 or self.clip_high < 0:
+            raise ValueError(f"clip_cov.clip_low/clip_high must be >= 0 (got {self.clip_low}, {self.clip_high})")
+
+
+@POLICY_LOSSES.register("clip_cov", ClipCovConfig)
+class ClipCov:
+    """Clip-Cov: PPO clip loss with a few random high-covariance tokens detached (seeded)."""
+
+    needs = frozenset()
+
+    def __init__(self, cfg: ClipCovConfig):
+        self.cfg = cfg
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    def __call__(self, inputs: LossInputs) -> tuple[Tensor, Metrics]:
+        c = self.cfg
+        return clip_cov_loss(
+            inputs.logprobs,
+            inputs.old_logprobs,
+            inputs.advantages,
+            inputs.mask,
+            c.clip_low,
+            c.clip_high,
+            c.clip_cov_ratio,
+            c.clip_cov_lb,
+            c.clip_cov_ub,
+            self.generator,
+        )

@@ -1,0 +1,183 @@
+"""The `creditrl` command line. Every command has --help; user mistakes print one paragraph, no traceback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="RL fine-tuning of LLMs with token-level "
+                  "credit assignment.")
+config_app = typer.Typer(no_args_is_help=True, help="Show or validate a recipe's resolved configuration.")
+tiny_app = typer.Typer(no_args_is_help=True, help="The tiny local model and synthetic task (no downloads).")
+app.add_typer(config_app, name="config")
+app.add_typer(tiny_app, name="tiny")
+
+err_console = Console(stderr=True, highlight=False)
+OVERRIDES_HELP = "Config overrides, e.g. train.steps=50 algorithm.policy_loss.clip_high=0.28"
+
+
+def _quiet_libraries(level: str = "INFO") -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err_console,
+                        show_path=False, rich_tracebacks=False)], force=True)
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+
+
+def _user_errors():
+    from creditrl.config import ConfigError
+    from creditrl.data import DataError
+    from creditrl.trainer.learner import ModelLoadError
+
+    return (ConfigError, DataError, ModelLoadError, FileNotFoundError)
+
+
+def _run(fn, *args):
+    """Run a command; user errors become a one-paragraph message and exit code 2."""
+    try:
+        return fn(*args)
+    except _user_errors() as e:
+        err_console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
+
+
+def _load(recipe: str, overrides: list[str]):
+    from creditrl.config import load_config
+
+    return load_config(recipe, overrides)
+
+
+@app.command()
+def train(
+    recipe: str = typer.Argument(..., help="Recipe YAML (a path, or the name of a built-in recipe)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    resume: bool = typer.Option(False, "--resume", help="Resume from the latest checkpoint of the run "
+                                "(same as checkpoint.resume=auto)"),
+):
+    """Run an RL recipe: generate, reward, update, evaluate, checkpoint."""
+
+    def go():
+        _quiet_libraries()
+        cfg = _load(recipe, list(overrides or []) + (["checkpoint.resume=auto"] if resume else []))
+        logging.getLogger().setLevel(cfg.logging.level)
+        from creditrl.trainer.loop import train as run_train
+
+        result = run_train(cfg)
+        before, after = result.eval_before.get("eval/greedy_acc"), result.eval_after.get("eval/greedy_acc")
+        if before is not None and after is not None:
+            Console(highlight=False).print(f"greedy accuracy: {100 * before:.1f}% -> {100 * after:.1f}% "
+                                           f"({100 * (after - before):+.1f} points); run dir {result.run_dir}")
+
+    _run(go)
+
+
+@app.command()
+def sft(
+    recipe: str = typer.Argument(..., help="Recipe YAML whose data and sft sections are used"),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+):
+    """Supervised warm start: fine-tune sft.init_path on the recipe's data, save to sft.output_path."""
+
+    def go():
+        _quiet_libraries()
+        from creditrl.trainer.sft import run_sft
+
+        run_sft(_load(recipe, list(overrides or [])))
+
+    _run(go)
+
+
+@app.command(name="eval")
+def eval_cmd(
+    target: str = typer.Argument(..., help="A checkpoint directory (.../checkpoints/step_N), a run directory, "
+                                 "or a recipe YAML (evaluates its model.path)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+):
+    """Evaluate greedy accuracy and pass@k on the held-out split."""
+
+    def go():
+        _quiet_libraries()
+        from creditrl.trainer.evaluate_cli import evaluate_target
+
+        metrics = evaluate_target(target, list(overrides or []))
+        console = Console(highlight=False)
+        for k, v in metrics.items():
+            console.print(f"{k}: {v:.4f}")
+
+    _run(go)
+
+
+@config_app.command("show")
+def config_show(
+    recipe: str = typer.Argument(..., help="Recipe YAML"),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+):
+    """Print the resolved configuration (defaults + recipe + overrides) as YAML."""
+
+    def go():
+        from creditrl.config import dump_yaml
+
+        sys.stdout.write(dump_yaml(_load(recipe, list(overrides or []))))
+
+    _run(go)
+
+
+@config_app.command("validate")
+def config_validate(
+    recipe: str = typer.Argument(..., help="Recipe YAML"),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+):
+    """Check a recipe without running it (keys, types, values, divisibility)."""
+
+    def go():
+        _load(recipe, list(overrides or []))
+        Console(highlight=False).print(f"{recipe}: OK")
+
+    _run(go)
+
+
+@tiny_app.command("init")
+def tiny_init(
+    out: Path = typer.Option(Path("tiny"), help="Directory for base/ (model + tokenizer) and data/"),
+    seed: int = typer.Option(0, help="Seed for the weights and the synthetic data"),
+    force: bool = typer.Option(False, help="Rebuild even if the directory exists"),
+):
+    """Build the tiny tokenizer + Llama-style model (random init) and the synthetic arithmetic task."""
+    from creditrl.data.synthetic import write_arithmetic_task
+    from creditrl.models.tiny import build_tiny_model
+
+    _quiet_libraries()
+    console = Console(highlight=False)
+    if (out / "base" / "config.json").is_file() and (out / "data" / "train.jsonl").is_file() and not force:
+        console.print(f"{out} already has a tiny model and data (use --force to rebuild)")
+        return
+    build_tiny_model(out / "base", seed=seed)
+    write_arithmetic_task(out / "data", seed=seed)
+    console.print(f"wrote {out / 'base'} (tokenizer + model) and {out / 'data'} (train.jsonl, eval.jsonl)")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

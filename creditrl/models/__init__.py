@@ -1,0 +1,1 @@
+"""Model construction helpers (the tiny local model used by the demo and the tests)."""

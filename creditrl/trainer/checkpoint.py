@@ -1,0 +1,100 @@
+"""Checkpoints with exact resume.
+
+Layout under `<run_dir>/checkpoints/`:
+
+    step_000020/model/              save_pretrained weights (or the LoRA adapter) + tokenizer
+    step_000020/learner_state.pt    optimizer, scheduler, skipped-step counter
+    step_000020/trainer_state.pt    step, RNG states (python, numpy, torch), data sampler, algorithm state
+    step_000020/config.yaml         the resolved config
+    latest                          name of the newest complete checkpoint, written last
+
+A checkpoint is written into a temporary directory and renamed when complete, then `latest` is replaced
+atomically, so a crash mid-save never leaves a `latest` that points at a partial checkpoint. The newest
+`keep` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(run_dir: Path, step: int, learner, tokenizer, trainer_state: dict, config_yaml: str,
+                    keep: int) -> Path:
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:06d}"
+    tmp = root / f".tmp_{name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    learner.save(tmp)
+    tokenizer.save_pretrained(tmp / "model")
+    torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
+    (tmp / "config.yaml").write_text(config_yaml)
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    marker_tmp = root / ".latest.tmp"
+    marker_tmp.write_text(name + "\n")
+    os.replace(marker_tmp, root / "latest")
+    _rotate(root, keep)
+    log.info("saved checkpoint %s", final)
+    return final
+
+
+def _rotate(root: Path, keep: int) -> None:
+    ckpts = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for old in ckpts[:-keep]:
+        shutil.rmtree(old)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    marker = checkpoint_dir(run_dir) / "latest"
+    if not marker.is_file():
+        return None
+    path = checkpoint_dir(run_dir) / marker.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def resolve_resume(resume: str, run_dir: Path) -> Path | None:
+    """`checkpoint.resume`: never -> None; auto -> latest in run_dir (or None); else a checkpoint path."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return latest_checkpoint(run_dir)
+    p = Path(resume)
+    if (p / "latest").is_file() or (p / "checkpoints" / "latest").is_file():
+        found = latest_checkpoint(p if (p / "checkpoints").is_dir() else p.parent)
+        if found is not None:
+            return found
+    if not (p / "trainer_state.pt").is_file():
+        raise FileNotFoundError(f"checkpoint.resume={resume}: not a checkpoint directory (no trainer_state.pt). "
+                                f"Use 'auto' to resume from the latest checkpoint of the run.")
+    return p
+
+
+def load_trainer_state(path: Path) -> dict:
+    return torch.load(path / "trainer_state.pt", weights_only=False)

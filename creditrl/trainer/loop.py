@@ -1,0 +1,274 @@
+"""The RL step loop, top to bottom (single process; the Ray controller drives the same stages remotely).
+
+    for each step:
+        gen        sample n responses for each of `global_batch_prompts` prompts
+        reward     score them (a raising reward scores 0 and is counted)
+        filter     DAPO dynamic sampling (optional): drop groups whose rewards are all equal, sample more
+        old/ref    per-token log-probs (and entropy etc.) of pi_old and pi_ref, same micro-batches as training
+        adv        advantages (KL-in-reward first, if configured)
+        update     ppo_epochs x mini-batches of optimizer steps with the composed loss
+        sync       push the new weights to the rollout engine (version += 1)
+        eval/ckpt  when due; metrics to JSONL (+ TensorBoard) and one console line
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from creditrl.algorithms import Algorithm
+from creditrl.config import RecipeConfig, dump_yaml
+from creditrl.data import PromptSampler, load_prompt_datasets
+from creditrl.rewards import RewardManager, RewardSample
+from creditrl.rollout.base import RolloutOutput, SamplingParams
+from creditrl.rollout.hf_engine import HFGenerateEngine
+from creditrl.trainer import checkpoint as ckpt
+from creditrl.trainer.batch import RolloutBatch
+from creditrl.trainer.evaluate import evaluate
+from creditrl.trainer.learner import LocalLearner, count_optimizer_steps
+from creditrl.trainer.metrics import MetricsWriter, summary_line
+from creditrl.trainer.progress import StepProgress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    final_step: int
+    eval_before: dict[str, float] = field(default_factory=dict)
+    eval_after: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def score_rollout(out: RolloutOutput, prompts: list, tokenizer, rewards: RewardManager, step: int):
+    texts = tokenizer.batch_decode(out.response_ids, skip_special_tokens=True)
+    samples = [RewardSample(f"step{step}/p{out.prompt_index[j]}/s{j}", prompts[out.prompt_index[j]].prompt, texts[j],
+                            prompts[out.prompt_index[j]].answer, truncated=not out.finished[j],
+                            response_tokens=len(out.response_ids[j]))
+               for j in range(len(out))]
+    return rewards.score(samples)
+
+
+def build_batch(out: RolloutOutput, prompts: list, scores: list[float], pad_id: int, group_offset: int) -> RolloutBatch:
+    ids, mask, lps = out.padded(pad_id)
+    return RolloutBatch(
+        prompt_ids=out.prompt_ids,
+        response_ids=ids,
+        mask=mask,
+        rollout_logprobs=lps,
+        rewards=torch.tensor(scores, dtype=torch.float32),
+        group_ids=torch.tensor([group_offset + i for i in out.prompt_index], dtype=torch.long),
+        prompt_keys=[prompts[i].key for i in out.prompt_index],
+        finished=torch.tensor(out.finished, dtype=torch.bool),
+        weight_version=out.weight_version,
+    )
+
+
+def _keep_varied_groups(out: RolloutOutput, scores: list[float], n: int) -> list[int]:
+    """Prompt indices whose n rewards are not all equal (DAPO dynamic sampling)."""
+    keep = []
+    for p in sorted(set(out.prompt_index)):
+        s = scores[p * n : (p + 1) * n]
+        if max(s) - min(s) > 1e-12:
+            keep.append(p)
+    return keep
+
+
+def _select_prompts(out: RolloutOutput, scores: list[float], keep: list[int], n: int):
+    rows = [p * n + j for p in keep for j in range(n)]
+    sel = RolloutOutput([out.prompt_ids[r] for r in rows], [out.response_ids[r] for r in rows],
+                        [out.logprobs[r] for r in rows], [out.finished[r] for r in rows],
+                        [i for i, _ in enumerate(keep) for _ in range(n)], out.weight_version)
+    return sel, [scores[r] for r in rows]
+
+
+def generate_and_score(cfg: RecipeConfig, step: int, engine, sampler: PromptSampler, train_data, tokenizer,
+                       rewards: RewardManager, timing: dict) -> tuple[RolloutBatch, dict[str, float]]:
+    rc = cfg.rollout
+    params = SamplingParams(rc.n_samples, rc.temperature, rc.top_p, rc.max_new_tokens)
+    want = cfg.train.global_batch_prompts
+    rounds = cfg.train.dynamic_sampling_max_rounds if cfg.train.dynamic_sampling else 1
+    kept_outs, kept_scores, kept_prompts = [], [], []
+    metrics: dict[str, float] = {}
+    reward_batches = []
+    for r in range(rounds):
+        need = want - len(kept_prompts)
+        prompts = [train_data[i] for i in sampler.next_indices(need if r == 0 else want)]
+        t0 = time.perf_counter()
+        out = engine.generate([list(p.prompt_ids) for p in prompts], params)
+        t1 = time.perf_counter()
+        rb = score_rollout(out, prompts, tokenizer, rewards, step)
+        timing["gen"] = timing.get("gen", 0.0) + t1 - t0
+        timing["reward"] = timing.get("reward", 0.0) + time.perf_counter() - t1
+        reward_batches.append(rb)
+        if not cfg.train.dynamic_sampling:
+            kept_outs, kept_scores, kept_prompts = [out], [rb.scores], prompts
+            break
+        keep = _keep_varied_groups(out, rb.scores, rc.n_samples)[:need]
+        sel, sel_scores = _select_prompts(out, rb.scores, keep, rc.n_samples)
+        kept_outs.append(sel)
+        kept_scores.append(sel_scores)
+        kept_prompts += [prompts[p] for p in keep]
+        if len(kept_prompts) >= want:
+            break
+    if cfg.train.dynamic_sampling:
+        metrics["dynamic_sampling/rounds"] = float(len(reward_batches))
+        metrics["dynamic_sampling/kept_prompts"] = float(len(kept_prompts))
+        if not kept_prompts:  # every group was uniform: train on the last round as is (advantages are 0)
+            kept_outs, kept_scores, kept_prompts = [out], [rb.scores], prompts
+    merged = RolloutOutput.concat(kept_outs)
+    scores = [s for part in kept_scores for s in part]
+    batch = build_batch(merged, kept_prompts, scores, tokenizer.pad_token_id, group_offset=step * 1_000_000)
+    first = reward_batches[0]
+    metrics.update(first.metrics())
+    metrics["reward/failures"] = float(sum(rb.failures for rb in reward_batches))
+    primary = rewards.rewards[0].name
+    metrics["train/accuracy"] = float(np.mean([s >= 1 - 1e-9 for s in first.components[primary]]))
+    lengths = batch.response_lengths.float()
+    metrics["response/length_mean"] = lengths.mean().item()
+    metrics["response/length_max"] = lengths.max().item()
+    metrics["response/truncated_frac"] = 1.0 - batch.finished.float().mean().item()
+    return batch, metrics
+
+
+def train(cfg: RecipeConfig, console=None) -> TrainResult:
+    """Run a recipe end to end; return the run directory and before/after evaluation."""
+    from creditrl.trainer.progress import make_console
+
+    console = console or make_console()
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_yaml = dump_yaml(cfg)
+    (run_dir / "config.yaml").write_text(config_yaml)
+    seed_everything(cfg.seed)
+
+    tokenizer = load_tokenizer(cfg.model.path)
+    train_data, eval_data = load_prompt_datasets(cfg.data, tokenizer, cfg.seed)
+    if cfg.eval.max_prompts and len(eval_data) > cfg.eval.max_prompts:
+        eval_data.rows = eval_data.rows[: cfg.eval.max_prompts]
+    sampler = PromptSampler(len(train_data), cfg.seed, cfg.data.shuffle)
+    algorithm = Algorithm(cfg.algorithm)
+    rewards = RewardManager.from_config(cfg.reward)
+    learner = LocalLearner(cfg, algorithm, count_optimizer_steps(cfg), tokenizer.pad_token_id)
+    engine = HFGenerateEngine(learner.policy, tokenizer.pad_token_id, tokenizer.eos_token_id,
+                              cfg.rollout.generation_batch_prompts, cfg.model.autocast_bf16)
+    log.info("run %s: %d train / %d eval prompts, %d trainable parameters", run_dir, len(train_data),
+             len(eval_data), sum(p.numel() for p in learner.params))
+
+    start_step = 0
+    eval_before: dict[str, float] = {}
+    resume_from = ckpt.resolve_resume(cfg.checkpoint.resume, run_dir)
+    if resume_from is not None:
+        learner.load(resume_from)
+        state = ckpt.load_trainer_state(resume_from)
+        start_step = state["step"]
+        sampler.load_state_dict(state["sampler"])
+        algorithm.load_state_dict(state["algorithm"])
+        eval_before = state.get("eval_before", {})
+        ckpt.set_rng_state(state["rng"])
+        engine.set_version(start_step)  # weights were loaded in place: the rollout sees them before generating
+        console.print(f"[bold]resumed[/] from {resume_from} at step {start_step}")
+    writer = MetricsWriter(run_dir, cfg.logging.tensorboard, resume_step=start_step if resume_from else None)
+
+    def run_eval(tag: str) -> dict[str, float]:
+        t0 = time.perf_counter()
+        m = evaluate(engine, eval_data, rewards, tokenizer, max_new_tokens=cfg.rollout.max_new_tokens,
+                     pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
+                     seed=cfg.seed + 7919, tag=tag)
+        m["timing_s/testing"] = time.perf_counter() - t0
+        return m
+
+    if resume_from is None:
+        eval_before = run_eval("eval/step0")
+        writer.write(0, eval_before)
+        console.print(_eval_line("before RL", eval_before))
+
+    history = []
+    total = cfg.train.steps
+    with StepProgress(console, total, start_step, enabled=cfg.logging.progress) as progress:
+        for step in range(start_step + 1, total + 1):
+            t_step = time.perf_counter()
+            timing: dict[str, float] = {}
+            batch, metrics = generate_and_score(cfg, step, engine, sampler, train_data, tokenizer, rewards, timing)
+
+            t0 = time.perf_counter()
+            metrics.update(learner.compute_old_stats(batch, algorithm))
+            timing["old_log_prob"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            batch.advantages, adv_metrics = algorithm.advantages(_adv_inputs(batch), batch.stats.get("ref_logprobs"))
+            metrics.update(adv_metrics)
+            timing["adv"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            metrics.update(learner.update(batch, algorithm))
+            timing["update_actor"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            engine.set_version(step)  # shared module: the update already changed the rollout weights in place
+            timing["update_weights"] = time.perf_counter() - t0
+
+            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step != total:
+                metrics.update(run_eval(f"eval/step{step}"))
+            step_time = time.perf_counter() - t_step
+            n_tokens = float(batch.mask.sum()) + sum(len(p) for p in batch.prompt_ids)
+            metrics["perf/tokens_per_s"] = n_tokens / step_time
+            metrics["perf/weight_version"] = float(batch.weight_version)
+            metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
+            metrics["timing_s/step"] = step_time
+
+            if step == total or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
+                t0 = time.perf_counter()
+                state = {"sampler": sampler.state_dict(), "algorithm": algorithm.state_dict(),
+                         "eval_before": eval_before}
+                ckpt.save_checkpoint(run_dir, step, learner, tokenizer, state, config_yaml, cfg.checkpoint.keep)
+                metrics["timing_s/save_checkpoint"] = time.perf_counter() - t0
+            writer.write(step, metrics)
+            history.append({"step": step, **metrics})
+            progress.advance(summary_line(step, total, metrics))
+
+    eval_after = run_eval("eval/final")
+    writer.write(total, {f"final/{k.split('/', 1)[1]}": v for k, v in eval_after.items()})
+    writer.close()
+    rewards.close()
+    console.print(_eval_line("before RL", eval_before))
+    console.print(_eval_line("after RL ", eval_after))
+    return TrainResult(run_dir, total, eval_before, eval_after, history)
+
+
+def _adv_inputs(batch: RolloutBatch):
+    from creditrl.algorithms.base import AdvantageInputs
+
+    return AdvantageInputs(rewards=batch.rewards, group_ids=batch.group_ids, mask=batch.mask,
+                           prompt_keys=batch.prompt_keys, old_logprobs=batch.stats.get("old_logprobs"),
+                           old_entropy=batch.stats.get("old_entropy"))
+
+
+def _eval_line(label: str, m: dict[str, float]) -> str:
+    parts = [f"[bold]{label}[/]: held-out greedy accuracy {100 * m.get('eval/greedy_acc', float('nan')):.1f}%"]
+    for k, v in m.items():
+        if k.startswith("eval/pass@"):
+            parts.append(f"{k.split('/')[1]} {100 * v:.1f}%")
+    return ", ".join(parts)
