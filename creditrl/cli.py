@@ -18,7 +18,7 @@ tiny_app = typer.Typer(no_args_is_help=True, help="The tiny local model and synt
 app.add_typer(config_app, name="config")
 app.add_typer(tiny_app, name="tiny")
 
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 OVERRIDES_HELP = "Config overrides, e.g. train.steps=50 algorithm.policy_loss.clip_high=0.28"
 
 
@@ -79,6 +79,11 @@ def train(
         _quiet_libraries()
         cfg = _load(recipe, list(overrides or []) + (["checkpoint.resume=auto"] if resume else []))
         logging.getLogger().setLevel(cfg.logging.level)
+        if cfg.preference is not None:  # offline preference recipe (DPO / TDPO / cDPO)
+            from creditrl.preference.trainer import train_preference
+
+            train_preference(cfg)
+            return
         from creditrl.trainer.loop import train as run_train
 
         result = run_train(cfg)

@@ -2,7 +2,7 @@
 
     r = exp(l - l_old)                          (unclamped, as in the reference)
     L1 = -A r,  L2 = -A clamp(r, 1 - eps_low, 1 + eps_high)
-    cov_t = (A_t - mean A)(l_t - mean l)        over the micro-batch's valid tokens (see covariance.py)
+    cov_t = (A_t - mean A)(l_t - mean l)        over the valid tokens of the scope (see covariance.py)
     candidates: valid, not already PPO-clipped (L2 > L1), lb < cov_t < ub
     pick k = max(1, floor(ratio * N_valid)) candidates uniformly at random; corr = 0 there, 1 elsewhere
     L = max(L1, L2) * corr                      (no dual clip)
@@ -13,7 +13,12 @@ a generator seeded from `seed` and advanced on every call, so runs are reproduci
 same generator state the selection equals verl's (same candidate order, same randperm). The generator is not
 checkpointed: after a resume the random stream restarts from `seed`.
 Defaults are verl's (eps 0.2 / 0.2, ratio 2e-4, lb 1, ub 5); the original scripts use eps_low = eps_high = 1.
-Statistics are per micro-batch (reference behaviour, section 17.1).
+
+token_stat_scope: `micro_batch` (default) is the reference: means, N_valid and the k-subset are per micro-batch.
+With `mini_batch` / `global`, `prepare` takes the means, k = max(1, floor(ratio * N_scope)) and the number C of
+candidates over the whole scope, and each micro-batch candidate is then detached independently with probability
+min(1, k / C): every candidate has the same chance as under a uniform k-subset of the scope, but the count is k
+only in expectation (an exact k-subset would need the micro-batches to coordinate).
 Metrics: `pg_clipfrac` = PPO-clipped tokens; `clip_cov/selected_frac` = tokens detached by Clip-Cov (verl logs
 this one as `pg_clipfrac`); `clip_cov/candidate_frac`; `ppo_kl`.
 """
@@ -26,8 +31,29 @@ import torch
 from torch import Tensor
 
 from creditrl.algorithms.base import LossInputs, Metrics, masked_mean
-from creditrl.algorithms.covariance import token_covariance
+from creditrl.algorithms.covariance import CovMeans, covariance_means, token_covariance
 from creditrl.algorithms.registry import POLICY_LOSSES
+from creditrl.algorithms.token_scope import AllReduce, ScopedStats, check_scope, local_all_reduce, scope_count
+
+
+@dataclass(frozen=True)
+class ClipCovScopeStats:
+    """Scope statistics for `token_stat_scope` mini_batch / global."""
+
+    means: CovMeans
+    select_prob: float  # min(1, k / number of candidates in the scope)
+
+
+def _ppo_terms(logprobs, old_logprobs, advantages, clip_low, clip_high) -> tuple[Tensor, Tensor, Tensor]:
+    delta = logprobs - old_logprobs
+    ratio = torch.exp(delta)
+    loss1 = -advantages * ratio
+    loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    return delta, loss1, loss2
+
+
+def _candidates(cov: Tensor, ppo_clipped: Tensor, mask: Tensor, lb: float, ub: float) -> Tensor:
+    return (mask > 0) & ~ppo_clipped & (cov > lb) & (cov < ub)
 
 
 def clip_cov_loss(
@@ -41,28 +67,58 @@ def clip_cov_loss(
     clip_cov_lb: float = 1.0,
     clip_cov_ub: float = 5.0,
     generator: torch.Generator | None = None,
+    scope_stats: ClipCovScopeStats | None = None,
 ) -> tuple[Tensor, Metrics]:
-    """Per-token Clip-Cov loss [B, T] and its metrics. All inputs [B, T]."""
-    delta = logprobs - old_logprobs
-    ratio = torch.exp(delta)
-    loss1 = -advantages * ratio
-    loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    valid = mask > 0
-    ppo_clipped = (loss2 > loss1) & valid
-    cov = token_covariance(logprobs, advantages, mask)
-    candidates = valid & ~ppo_clipped & (cov > clip_cov_lb) & (cov < clip_cov_ub)
-    idx = torch.nonzero(candidates)  # [n_candidates, 2], row-major order
-    k = max(int(clip_cov_ratio * float(mask.sum())), 1)
-    chosen = idx[torch.randperm(len(idx), generator=generator)[:k]]
-    corr = torch.ones_like(advantages)
-    corr[chosen[:, 0], chosen[:, 1]] = 0.0
+    """Per-token Clip-Cov loss [B, T] and its metrics. All inputs [B, T].
+
+    `scope_stats` None: micro-batch statistics and an exact k-subset (reference). Else: the scope's means and a
+    per-candidate draw with probability `scope_stats.select_prob`.
+    """
+    delta, loss1, loss2 = _ppo_terms(logprobs, old_logprobs, advantages, clip_low, clip_high)
+    ppo_clipped = (loss2 > loss1) & (mask > 0)
+    means = scope_stats.means if scope_stats is not None else None
+    cov = token_covariance(logprobs, advantages, mask, means)
+    candidates = _candidates(cov, ppo_clipped, mask, clip_cov_lb, clip_cov_ub)
+    if scope_stats is None:
+        idx = torch.nonzero(candidates)  # [n_candidates, 2], row-major order (as verl)
+        k = max(int(clip_cov_ratio * float(mask.sum())), 1)
+        chosen = idx[torch.randperm(len(idx), generator=generator)[:k]]
+        selected = torch.zeros_like(candidates)
+        selected[chosen[:, 0], chosen[:, 1]] = True
+    else:
+        draw = torch.rand(candidates.shape, generator=generator).to(candidates.device)
+        selected = candidates & (draw < scope_stats.select_prob)
+    corr = (~selected).to(loss1.dtype)
     metrics: Metrics = {
         "pg_clipfrac": masked_mean(ppo_clipped.float(), mask).detach(),
-        "clip_cov/selected_frac": masked_mean((corr == 0).float(), mask).detach(),
+        "clip_cov/selected_frac": masked_mean(selected.float(), mask).detach(),
         "clip_cov/candidate_frac": masked_mean(candidates.float(), mask).detach(),
         "ppo_kl": masked_mean(-delta, mask).detach(),
     }
     return torch.maximum(loss1, loss2) * corr * mask, metrics
+
+
+@torch.no_grad()
+def clip_cov_scope_stats(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float,
+    clip_high: float,
+    clip_cov_ratio: float,
+    clip_cov_lb: float,
+    clip_cov_ub: float,
+    all_reduce: AllReduce = local_all_reduce,
+) -> ClipCovScopeStats:
+    """Means, k and the candidate count of the whole scope (all ranks) -> the per-candidate selection chance."""
+    means = covariance_means(logprobs, advantages, mask, all_reduce)
+    _, loss1, loss2 = _ppo_terms(logprobs, old_logprobs, advantages, clip_low, clip_high)
+    cov = token_covariance(logprobs, advantages, mask, means)
+    candidates = _candidates(cov, (loss2 > loss1) & (mask > 0), mask, clip_cov_lb, clip_cov_ub)
+    n_candidates = scope_count(candidates, all_reduce)
+    k = max(int(clip_cov_ratio * means.n_valid), 1)
+    return ClipCovScopeStats(means, min(1.0, k / n_candidates) if n_candidates else 0.0)
 
 
 @dataclass
@@ -94,18 +150,26 @@ class ClipCov:
     def __init__(self, cfg: ClipCovConfig):
         self.cfg = cfg
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self._stats = ScopedStats("clip_cov")
+
+    @property
+    def scope(self) -> str:
+        return self._stats.scope
+
+    @scope.setter
+    def scope(self, value: str) -> None:
+        self._stats.scope = check_scope(value)
+
+    def _compute(self, inputs: LossInputs, all_reduce: AllReduce) -> ClipCovScopeStats:
+        c = self.cfg
+        return clip_cov_scope_stats(inputs.logprobs, inputs.old_logprobs, inputs.advantages, inputs.mask, c.clip_low,
+                                    c.clip_high, c.clip_cov_ratio, c.clip_cov_lb, c.clip_cov_ub, all_reduce)
+
+    def prepare(self, inputs: LossInputs, all_reduce: AllReduce = local_all_reduce) -> None:
+        self._stats.prepare(inputs, self._compute, all_reduce)
 
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, Metrics]:
         c = self.cfg
-        return clip_cov_loss(
-            inputs.logprobs,
-            inputs.old_logprobs,
-            inputs.advantages,
-            inputs.mask,
-            c.clip_low,
-            c.clip_high,
-            c.clip_cov_ratio,
-            c.clip_cov_lb,
-            c.clip_cov_ub,
-            self.generator,
-        )
+        stats = None if self.scope == "micro_batch" else self._stats.get(inputs, self._compute)
+        return clip_cov_loss(inputs.logprobs, inputs.old_logprobs, inputs.advantages, inputs.mask, c.clip_low,
+                             c.clip_high, c.clip_cov_ratio, c.clip_cov_lb, c.clip_cov_ub, self.generator, stats)

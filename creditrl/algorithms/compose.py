@@ -15,6 +15,25 @@ The per-micro-batch loss, top to bottom:
     for w in token_weights: L = L * w; mask = w's mask (if it returns one)
     for r in regularizers (+ KL loss):  L = r(inputs, L)
     loss = aggregate(L, mask, loss_agg, mini-batch normalisers)
+
+token_stat_scope (algorithms.md §17.1, `creditrl/algorithms/token_scope.py`). Parts whose statistics select or
+normalise tokens (STEER, 80/20, HAPO, Lp-Reg, THR/NTHR) have a `scope` attribute, which `Algorithm` sets from
+`token_stat_scope`, and a `prepare(inputs, all_reduce)` method. With `micro_batch` (default, reference parity)
+they take their statistics from each micro-batch. With `mini_batch` / `global` the learner calls
+`Algorithm.prepare(scope_inputs)` with the no-grad `LossInputs` of the whole scope (all micro-batches of the
+mini-batch, or the whole step batch) before the micro-batches; each part stores its statistics there. Parts are
+prepared in loss order, so a part after a masking token weight sees the masked scope, as in `loss`.
+
+Denominators when a token weight returns a new mask (e.g. 80/20): the tokens it drops leave the aggregation
+denominator too. The learner's `AggregationNorm` counts the mini-batch's original mask, so `loss` scales its
+`num_tokens` / `num_seqs` by the kept fraction: the scope's (exact) with mini_batch / global, the micro-batch's
+with micro_batch (exact when the kept fraction is the same in every micro-batch; the reference normalises each
+micro-batch by its own kept count).
+
+Parts that need old-pass kernel statistics declare `kernel_options` (kwargs of
+`creditrl.kernels.linear_token_stats`, e.g. Lp-Reg's `lp_reg` settings) and a need "old_<stat>";
+`Algorithm.kernel_options` merges them for the learner's old-log-prob pass, which stores the kernel's `<stat>`
+output as `LossInputs.extras["old_<stat>"]`.
 """
 
 from __future__ import annotations
@@ -27,8 +46,11 @@ from torch import Tensor
 
 from creditrl.algorithms.aggregation import LOSS_AGG_MODES, aggregate_loss
 from creditrl.algorithms.base import AdvantageInputs, AggregationNorm, LossInputs, Metrics
+from creditrl.algorithms.hapo_clip import HapoClip
+from creditrl.algorithms.hapo_redistribution import HapoRedistribution
 from creditrl.algorithms.kl import KLLoss, KLLossConfig, kl_reward_penalty
 from creditrl.algorithms.registry import ADVANTAGES, POLICY_LOSSES, REGULARIZERS, TOKEN_WEIGHTS
+from creditrl.algorithms.token_scope import AllReduce, check_scope, local_all_reduce
 from creditrl.registry import PartSpec, part, parts
 
 
@@ -60,6 +82,7 @@ class AlgorithmConfig:
             self.kl = KLConfig()
         if self.loss_agg not in LOSS_AGG_MODES:
             raise ValueError(f"unknown loss_agg '{self.loss_agg}'; choose one of {', '.join(LOSS_AGG_MODES)}")
+        check_scope(self.token_stat_scope)
 
 
 class Algorithm:
@@ -77,6 +100,12 @@ class Algorithm:
         self.needs: frozenset[str] = frozenset().union(*(getattr(p, "needs", frozenset()) for p in parts_))
         if cfg.kl.coef > 0:
             self.needs = self.needs | {"ref_logprobs"}
+        for p in parts_:
+            if hasattr(p, "scope"):
+                p.scope = cfg.token_stat_scope
+        self.kernel_options: dict = _merge_kernel_options(parts_)
+        _check_hapo_parts(self.policy_loss, self.token_weights)
+        self._scope_kept: tuple[float, float] | None = None  # kept token / sequence fractions of the scope
 
     # ---- once per step -------------------------------------------------------------------------------
     def advantages(self, inputs: AdvantageInputs, ref_logprobs: Tensor | None = None) -> tuple[Tensor, Metrics]:
@@ -99,10 +128,32 @@ class Algorithm:
         return adv, metrics
 
     # ---- every micro-batch ---------------------------------------------------------------------------
+    def prepare(self, inputs: LossInputs, all_reduce: AllReduce = local_all_reduce) -> None:
+        """Store every part's token statistics over a whole scope (token_stat_scope mini_batch / global).
+
+        `inputs`: no-grad LossInputs of all micro-batches of the scope (`logprobs` / `entropy` from a no-grad
+        forward of the policy at the start of the scope). `all_reduce` combines statistics across data-parallel
+        ranks (`torch.distributed.all_reduce` semantics; default: this process only). No-op for micro_batch.
+        """
+        if self.cfg.token_stat_scope == "micro_batch":
+            return
+        original = inputs.mask
+        with torch.no_grad():
+            _prepare_part(self.policy_loss, inputs, all_reduce)
+            for w in self.token_weights:
+                _prepare_part(w, inputs, all_reduce)
+                _, new_mask, _ = w(inputs)
+                if new_mask is not None:
+                    inputs = inputs.with_mask(new_mask)
+            for r in self.regularizers:
+                _prepare_part(r, inputs, all_reduce)
+            self._scope_kept = _kept_fractions(original, inputs.mask, all_reduce)
+
     def loss(self, inputs: LossInputs, norm: AggregationNorm | None = None) -> tuple[Tensor, Metrics]:
         """Scalar loss of one micro-batch and its metrics (see the module docstring for the order)."""
         loss, metrics = self.policy_loss(inputs)
         metrics = dict(metrics)
+        original = inputs.mask
         for w in self.token_weights:
             weights, new_mask, m = w(inputs)
             loss = loss * weights.detach()
@@ -113,6 +164,14 @@ class Algorithm:
             loss, m = r(inputs, loss)
             metrics.update(m)
         norm = norm or AggregationNorm()
+        if inputs.mask is not original:
+            kept = _kept_fractions(original, inputs.mask) if self.cfg.token_stat_scope == "micro_batch" \
+                else self._scope_kept
+            if kept is None:
+                raise RuntimeError(f"token_stat_scope is '{self.cfg.token_stat_scope}' but Algorithm.prepare() was "
+                                   f"not called before the micro-batches")
+            norm = _scale_norm(norm, *kept)
+            metrics["agg/kept_token_frac"] = kept[0]
         if self.cfg.loss_agg == "seq-mean-token-sum-norm" and norm.norm_len is None:
             norm = replace(norm, norm_len=self.cfg.loss_agg_norm_len)
         total = aggregate_loss(loss, inputs.mask, self.cfg.loss_agg, norm)
@@ -131,3 +190,49 @@ def _reward_on_last_token(rewards: Tensor, mask: Tensor) -> Tensor:
     last = (mask.sum(-1).long() - 1).clamp_min(0)
     out[torch.arange(len(rewards)), last] = rewards * (mask.sum(-1) > 0).to(rewards.dtype)
     return out
+
+
+def _prepare_part(part, inputs: LossInputs, all_reduce: AllReduce) -> None:
+    prepare = getattr(part, "prepare", None)
+    if prepare is not None:
+        prepare(inputs, all_reduce)
+
+
+def _kept_fractions(original: Tensor, new: Tensor, all_reduce: AllReduce = local_all_reduce) -> tuple[float, float]:
+    """Fractions of the originally valid tokens and non-empty sequences that a new mask keeps (1 when none)."""
+    counts = torch.stack([original.ne(0).sum(), new.ne(0).sum(), (original.sum(-1) > 0).sum(),
+                          (new.sum(-1) > 0).sum()]).to(torch.float64)
+    n_tok, k_tok, n_seq, k_seq = all_reduce(counts, "sum").tolist()
+    return (k_tok / n_tok if n_tok else 1.0), (k_seq / n_seq if n_seq else 1.0)
+
+
+def _scale_norm(norm: AggregationNorm, token_frac: float, seq_frac: float) -> AggregationNorm:
+    """Mini-batch normalisers of the kept tokens: num_tokens / num_seqs times the kept fractions (floored at 1)."""
+    num_tokens = None if norm.num_tokens is None else max(norm.num_tokens * token_frac, 1.0)
+    num_seqs = None if norm.num_seqs is None else max(norm.num_seqs * seq_frac, 1.0)
+    return replace(norm, num_tokens=num_tokens, num_seqs=num_seqs)
+
+
+def _merge_kernel_options(parts_: list) -> dict:
+    """Union of the parts' `kernel_options`; two parts asking for different settings of one option is an error."""
+    merged: dict = {}
+    for p in parts_:
+        for key, value in getattr(p, "kernel_options", {}).items():
+            if key in merged and merged[key] != value:
+                raise ValueError(f"two algorithm parts need different kernel option '{key}': {merged[key]} vs {value}")
+            merged[key] = value
+    return merged
+
+
+def _check_hapo_parts(policy_loss, token_weights: list) -> None:
+    """hapo_redistribution's neutral zone uses hapo_clip's adapted bounds: their shared options must agree."""
+    if not isinstance(policy_loss, HapoClip):
+        return
+    shared = ("clip_low", "clip_high", "clip_alpha", "entropy_pivot", "hhat_sign")
+    for w in token_weights:
+        if isinstance(w, HapoRedistribution):
+            diff = [f"{k}: {getattr(policy_loss.cfg, k)} vs {getattr(w.cfg, k)}" for k in shared
+                    if getattr(policy_loss.cfg, k) != getattr(w.cfg, k)]
+            if diff:
+                raise ValueError("hapo_clip and hapo_redistribution must use the same " + ", ".join(diff) +
+                                 "; set them equal in both YAML blocks")

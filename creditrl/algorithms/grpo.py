@@ -47,7 +47,11 @@ def grpo_advantages(
 @dataclass
 class GRPOConfig:
     norm_by_std: bool = True  # false = Dr.GRPO
-    eps: float = 1e-6
+    eps: float = 1e-6  # verl; TRL uses 1e-4
+
+    def __post_init__(self):
+        if self.eps < 0:
+            raise ValueError(f"grpo.eps must be >= 0 (got {self.eps})")
 
 
 @ADVANTAGES.register("grpo", GRPOConfig)

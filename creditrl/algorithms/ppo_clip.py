@@ -57,6 +57,14 @@ class PPOClipConfig:
     clip_high: float = 0.2  # > clip_low = DAPO clip-higher (0.28 in DAPO)
     dual_clip: float | None = 3.0  # c; null disables
 
+    def __post_init__(self):
+        if not 0.0 <= self.clip_low < 1.0:
+            raise ValueError(f"ppo_clip.clip_low must be in [0, 1) (got {self.clip_low})")
+        if self.clip_high < 0.0:
+            raise ValueError(f"ppo_clip.clip_high must be >= 0 (got {self.clip_high}); DAPO uses 0.28")
+        if self.dual_clip is not None and self.dual_clip <= 1.0:
+            raise ValueError(f"ppo_clip.dual_clip must be > 1 (got {self.dual_clip}); use null to disable it")
+
 
 @POLICY_LOSSES.register("ppo_clip", PPOClipConfig)
 class PPOClip:

@@ -141,6 +141,86 @@ class LoggingConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """Where the run executes. The default (`backend: local`) is the single-process trainer; `backend: ray`
+    runs the same recipe as Ray worker groups (rollout actors + DeepSpeed learner ranks), on one machine or a
+    cluster, with nothing else in the recipe changed (creditrl/distributed, docs/distributed.md)."""
+
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # null: RAY_ADDRESS / a running cluster if any ("auto"), else a local instance
+    rollout_actors: int = 2  # rollout worker group size (HF generate on CPU, vLLM on GPU)
+    learner_ranks: int = 2  # DeepSpeed data-parallel ranks, one Ray actor each
+    zero_stage: int = 2  # DeepSpeed ZeRO stage 0-3
+    offload_optimizer: bool = False  # ZeRO optimizer state on CPU (DeepSpeedCPUAdam, JIT-compiled on first use)
+    offload_params: bool = False  # ZeRO-3 parameters on CPU
+    bf16: bool = False  # DeepSpeed bf16 mixed precision
+    use_gpu: bool = False  # one GPU per learner rank, vLLM rollout actors, NCCL
+    placement: Literal["colocated", "disaggregated"] = "colocated"  # share bundles (GPU: fractional) or not
+    cpus_per_actor: float = 0.5  # Ray num_cpus of each actor (logical: 2-core CI machines oversubscribe)
+    rollout_gpu_fraction: float = 0.4  # colocated GPU share of a rollout actor (the learner gets the rest)
+    weight_sync_bucket_mb: int = 256  # bytes per weight-sync bucket (ZeRO-3 gathers bucket by bucket)
+    call_timeout_s: float = 600.0  # per-call timeout on every actor RPC
+    comm_timeout_s: int = 600  # torch.distributed (gloo/NCCL) collective timeout of the learner group
+    max_rollout_restarts: int = 3  # restarts of dead rollout actors per run before giving up
+
+    def __post_init__(self):
+        if self.rollout_actors < 1 or self.learner_ranks < 1:
+            raise ValueError(f"resources.rollout_actors and resources.learner_ranks must be >= 1, got "
+                             f"{self.rollout_actors} and {self.learner_ranks}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"resources.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("resources.offload_params needs resources.zero_stage=3 (ZeRO-3 partitions parameters)")
+        if not 0 < self.cpus_per_actor:
+            raise ValueError(f"resources.cpus_per_actor must be > 0, got {self.cpus_per_actor}")
+        if self.call_timeout_s <= 0 or self.comm_timeout_s <= 0:
+            raise ValueError("resources.call_timeout_s and resources.comm_timeout_s must be > 0")
+
+
+@dataclass
+class PreferenceConfig:
+    """Offline preference training (`creditrl train` on a recipe with this section; see docs/preference.md).
+
+    Losses (algorithms-token-level.md §15): dpo, tdpo1, tdpo2 (full-vocab KL through the fused op), cdpo
+    (critical-token weights from a positive and a negative model). `train.steps`, `train.lr`, the optimizer
+    settings and `train.micro_batch_tokens_per_worker` are shared with RL; `data.eval_files` is the task whose
+    greedy accuracy is reported before and after training.
+    """
+
+    loss: Literal["dpo", "tdpo1", "tdpo2", "cdpo"] = "dpo"
+    beta: float = 0.1
+    alpha: float = 0.5  # TDPO2 weight of the rejected SeqKL
+    label_smoothing: float = 0.0  # DPO/cDPO (TRL's label smoothing)
+    train_files: list[str] = field(default_factory=lambda: ["tiny/data/train_pairs.jsonl"])
+    eval_files: list[str] = field(default_factory=lambda: ["tiny/data/eval_pairs.jsonl"])  # held-out pairs
+    prompt_field: str = "prompt"
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
+    response_suffix: str = ""  # appended to chosen/rejected texts before EOS
+    batch_pairs: int = 32  # pairs per optimizer step
+    reference_path: str | None = None  # null: model.path (with LoRA: the base model, adapter disabled)
+    cache_reference: bool = True  # keep per-sequence reference log-probs (and hidden states for the KL)
+    track_kl: bool = True  # compute the full-vocab per-token KL to the reference for every loss (metrics)
+    cdpo_mode: Literal["sequence", "per_position"] = "sequence"
+    cdpo_positive_path: str | None = None
+    cdpo_negative_path: str | None = None
+    cdpo_beta_ce: float = 1.0
+    cdpo_only_neg: bool = True
+    eval_max_pairs: int = 200
+
+    def __post_init__(self):
+        if self.beta <= 0:
+            raise ValueError(f"preference.beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"preference.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.batch_pairs < 1:
+            raise ValueError(f"preference.batch_pairs must be >= 1, got {self.batch_pairs}")
+        if self.loss == "cdpo" and (self.cdpo_positive_path is None or self.cdpo_negative_path is None):
+            raise ValueError("preference.loss=cdpo needs preference.cdpo_positive_path and cdpo_negative_path "
+                             "(models fine-tuned on correct and on incorrect answers)")
+
+
+@dataclass
 class RecipeConfig:
     name: str = "run"
     seed: int = 0
@@ -155,6 +235,8 @@ class RecipeConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    preference: PreferenceConfig | None = None  # set: `creditrl train` runs preference training
 
     def __post_init__(self):
         if self.algorithm.loss_agg == "seq-mean-token-sum-norm" and self.algorithm.loss_agg_norm_len is None:

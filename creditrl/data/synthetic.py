@@ -20,7 +20,7 @@ from pathlib import Path
 class ArithmeticSpec:
     max_a: int = 99  # first operand in [0, max_a]
     max_b: int = 9  # second operand in [0, max_b]
-    buggy_fraction: float = 0.7  # share of warm-start rows that show the no-carry answer
+    buggy_fraction: float = 0.6  # share of warm-start rows that show the no-carry answer
     n_train: int = 20000
     n_eval: int = 200
 

@@ -98,7 +98,8 @@ def _validate(hidden: Tensor, weight: Tensor, targets: Tensor, ref: tuple[Tensor
         if ref_hidden.dim() != 2 or ref_hidden.shape[0] != hidden.shape[0]:
             raise ValueError(f"ref_hidden must be [N, H_r] with N={hidden.shape[0]}, got {tuple(ref_hidden.shape)}")
         if ref_weight.dim() != 2 or ref_weight.shape[1] != ref_hidden.shape[1]:
-            raise ValueError(f"ref_weight must be [V, H_r]; got {tuple(ref_weight.shape)} for H_r={ref_hidden.shape[1]}")
+            raise ValueError(
+                f"ref_weight must be [V, H_r]; got {tuple(ref_weight.shape)} for H_r={ref_hidden.shape[1]}")
 
 
 def _resolve_backend(backend: str, device: torch.device) -> str:

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from creditrl.algorithms import Algorithm
 from creditrl.algorithms.base import AggregationNorm, LossInputs, masked_mean
+from creditrl.algorithms.mismatch import mismatch_metrics
 from creditrl.config import RecipeConfig
 from creditrl.trainer.batch import MicroBatch, RolloutBatch, make_micro_batch, partition_by_tokens
 from creditrl.trainer.schedule import lr_factor
@@ -46,10 +47,8 @@ class ModelLoadError(ValueError):
     """The model directory cannot be loaded; the message says why and what to do."""
 
 
-def load_causal_lm(path: str, dtype: str = "float32"):
-    """`AutoModelForCausalLM.from_pretrained` on a local directory, with clear errors."""
-    from transformers import AutoModelForCausalLM
-
+def check_model_dir(path: str) -> Path:
+    """A local Hugging Face model directory with config and weights, or a `ModelLoadError` saying what is wrong."""
     p = Path(path)
     if not p.is_dir():
         raise ModelLoadError(f"model directory not found: {p}. Set model.path to a local Hugging Face model "
@@ -60,6 +59,14 @@ def load_causal_lm(path: str, dtype: str = "float32"):
     if not weights:
         raise ModelLoadError(f"{p} has a config.json but no weights (*.safetensors or *.bin). Save the model "
                              f"with save_pretrained, or point model.path at the directory that has them.")
+    return p
+
+
+def load_causal_lm(path: str, dtype: str = "float32"):
+    """`AutoModelForCausalLM.from_pretrained` on a local directory, with clear errors."""
+    from transformers import AutoModelForCausalLM
+
+    p = check_model_dir(path)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     return AutoModelForCausalLM.from_pretrained(str(p), dtype=torch_dtype)
 
@@ -108,9 +115,10 @@ class LocalLearner:
             out.append([[rows[j] for j in g] for g in groups])
         return out
 
-    def _stats(self, model, mb: MicroBatch, want: tuple[str, ...], keep_hidden: bool = False) -> dict[str, Tensor]:
+    def _stats(self, model, mb: MicroBatch, want: tuple[str, ...], keep_hidden: bool = False,
+               kernel_options: dict | None = None) -> dict[str, Tensor]:
         return micro_batch_token_stats(model, mb, self.cfg.rollout.temperature, want, self.cfg.model.autocast_bf16,
-                                       keep_hidden=keep_hidden)
+                                       kernel_options, keep_hidden=keep_hidden)
 
     def _ref_context(self):
         if self.ref is None and self.cfg.model.lora.enabled:
@@ -122,7 +130,12 @@ class LocalLearner:
     def compute_old_stats(self, batch: RolloutBatch, algorithm: Algorithm) -> dict[str, float]:
         """Fill batch.stats with old_logprobs (+ old_entropy, old_hidden, ref_logprobs as the algorithm needs)."""
         needs = algorithm.needs
-        want = ("logp", "entropy")  # the old-policy entropy is always logged (and used when a part needs it)
+        # The old-policy entropy is always logged. Parts may need more old-pass kernel outputs ("old_<stat>",
+        # e.g. Lp-Reg's "old_proxy_logp"), computed with the kernel options they declare.
+        kernel_stats = tuple(sorted(n[len("old_"):] for n in needs if n.startswith("old_")
+                                    and n not in ("old_entropy", "old_hidden", "old_logprobs")))
+        want = ("logp", "entropy", *kernel_stats)
+        kernel_options = getattr(algorithm, "kernel_options", None) or None
         keep_hidden = "old_hidden" in needs
         B, T = batch.mask.shape
         old = {k: torch.zeros(B, T) for k in want}
@@ -132,7 +145,7 @@ class LocalLearner:
         for mini in self.plan(batch):
             for rows in mini:
                 mb = make_micro_batch(batch, rows, self.pad_id)
-                stats = self._stats(self.policy, mb, want, keep_hidden)
+                stats = self._stats(self.policy, mb, want, keep_hidden, kernel_options)
                 for k in want:
                     old[k][mb.index] = stats[k]
                 if keep_hidden:
@@ -144,30 +157,32 @@ class LocalLearner:
                         ref[mb.index] = self._stats(self.ref or self.policy, mb, ("logp",))["logp"]
         self.policy.train()
         batch.stats["old_logprobs"] = old["logp"]
-        if "entropy" in old:
-            batch.stats["old_entropy"] = old["entropy"]
+        batch.stats["old_entropy"] = old["entropy"]
+        for k in kernel_stats:
+            batch.stats[f"old_{k}"] = old[k]
         if hidden is not None:
             batch.stats["old_hidden"] = hidden
         if ref is not None:
             batch.stats["ref_logprobs"] = ref
-        m = batch.mask
-        gap = ((batch.rollout_logprobs - old["logp"]).abs() * m).sum() / m.sum().clamp_min(1)
-        return {"rollout/logprob_gap_abs_mean": gap.item(), "actor/entropy": masked_mean(old["entropy"], m).item()}
+        metrics = mismatch_metrics(old["logp"], batch.rollout_logprobs, batch.mask)  # sampler vs trainer gap
+        metrics["actor/entropy"] = masked_mean(old["entropy"], batch.mask).item()
+        return metrics
 
     # ---- policy update -----------------------------------------------------------------------------------
     def _loss_inputs(self, batch: RolloutBatch, idx: Tensor, logp: Tensor, entropy: Tensor | None) -> LossInputs:
         s = batch.stats
-        extras = {}
-        if "old_hidden" in s:
-            extras["old_hidden"] = s["old_hidden"][idx]
+        extras = {k: v[idx] for k, v in s.items() if k.startswith("old_") and k not in ("old_logprobs", "old_entropy")}
+        if "old_hidden" in s:  # THR / NTHR: hidden states, lm_head, sampled ids and the temperature
             extras["lm_head_weight"] = decoder_and_head(self.policy)[1].weight.detach()
+            extras["response_ids"] = batch.response_ids[idx]
+            extras["temperature"] = torch.tensor(self.cfg.rollout.temperature)
         return LossInputs(
             logprobs=logp,
             old_logprobs=s["old_logprobs"][idx],
             advantages=batch.advantages[idx],
             mask=batch.mask[idx],
             entropy=entropy,
-            old_entropy=s["old_entropy"][idx] if "old_entropy" in s else None,
+            old_entropy=s["old_entropy"][idx],
             ref_logprobs=s["ref_logprobs"][idx] if "ref_logprobs" in s else None,
             rollout_logprobs=batch.rollout_logprobs[idx],
             group_ids=batch.group_ids[idx],

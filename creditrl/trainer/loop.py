@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from creditrl.algorithms import Algorithm
+from creditrl.algorithms.dynamic_sampling import dynamic_sampling_keep_mask
 from creditrl.config import RecipeConfig, dump_yaml
 from creditrl.data import PromptSampler, load_prompt_datasets
 from creditrl.rewards import RewardManager, RewardSample
@@ -56,7 +57,9 @@ def seed_everything(seed: int) -> None:
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    from creditrl.trainer.learner import check_model_dir
+
+    tok = AutoTokenizer.from_pretrained(str(check_model_dir(path)))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -84,16 +87,6 @@ def build_batch(out: RolloutOutput, prompts: list, scores: list[float], pad_id: 
         finished=torch.tensor(out.finished, dtype=torch.bool),
         weight_version=out.weight_version,
     )
-
-
-def _keep_varied_groups(out: RolloutOutput, scores: list[float], n: int) -> list[int]:
-    """Prompt indices whose n rewards are not all equal (DAPO dynamic sampling)."""
-    keep = []
-    for p in sorted(set(out.prompt_index)):
-        s = scores[p * n : (p + 1) * n]
-        if max(s) - min(s) > 1e-12:
-            keep.append(p)
-    return keep
 
 
 def _select_prompts(out: RolloutOutput, scores: list[float], keep: list[int], n: int):
@@ -126,7 +119,10 @@ def generate_and_score(cfg: RecipeConfig, step: int, engine, sampler: PromptSamp
         if not cfg.train.dynamic_sampling:
             kept_outs, kept_scores, kept_prompts = [out], [rb.scores], prompts
             break
-        keep = _keep_varied_groups(out, rb.scores, rc.n_samples)[:need]
+        keep_mask, ds_metrics = dynamic_sampling_keep_mask(torch.tensor(rb.scores), torch.tensor(out.prompt_index))
+        keep = [p for p in sorted(set(out.prompt_index)) if keep_mask[p * rc.n_samples]][:need]
+        if r == 0:
+            metrics.update(ds_metrics)
         sel, sel_scores = _select_prompts(out, rb.scores, keep, rc.n_samples)
         kept_outs.append(sel)
         kept_scores.append(sel_scores)
@@ -155,6 +151,10 @@ def generate_and_score(cfg: RecipeConfig, step: int, engine, sampler: PromptSamp
 
 def train(cfg: RecipeConfig, console=None) -> TrainResult:
     """Run a recipe end to end; return the run directory and before/after evaluation."""
+    if cfg.resources.backend == "ray":  # the same loop, driving Ray worker groups (creditrl/distributed)
+        from creditrl.distributed import train_distributed
+
+        return train_distributed(cfg, console)
     from creditrl.trainer.progress import make_console
 
     console = console or make_console()

@@ -37,9 +37,15 @@ class MetricsWriter:
             self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def _truncate_after(self, step: int) -> None:
-        """On resume, drop records of steps after the checkpoint (they will be recomputed)."""
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        """On resume, drop records of steps after the checkpoint (they will be recomputed) and the end-of-run
+        evaluation of the interrupted run (the resumed run is not over)."""
+        keep = []
+        for line in self.path.read_text().splitlines():
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if record.get("step", 0) <= step and not any(k.startswith("final/") for k in record):
+                keep.append(line)
         self.path.write_text("".join(line + "\n" for line in keep))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:

@@ -22,7 +22,7 @@ def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 def micro_batch_token_stats(
     model, mb: MicroBatch, temperature: float, want: tuple[str, ...], autocast_bf16: bool = False,
-    extra_kernel_options: dict | None = None, keep_hidden: bool = False,
+    kernel_options: dict | None = None, keep_hidden: bool = False,
 ) -> dict[str, Tensor]:
     """Stats named in `want` (e.g. "logp", "entropy") as response-aligned [b, T] fp32 tensors.
 
@@ -33,7 +33,7 @@ def micro_batch_token_stats(
         hidden = decoder(input_ids=mb.input_ids, attention_mask=mb.attention_mask).last_hidden_state  # [b, L, H]
     h = hidden[mb.rows, mb.positions]  # [N, H]
     stats = linear_token_stats(h, head.weight, mb.targets, temperature=temperature, want=want,
-                               **(extra_kernel_options or {}))
+                               **(kernel_options or {}))
     out: dict[str, Tensor] = {}
     for name in want:
         value = getattr(stats, name, None)

@@ -39,7 +39,7 @@ def random_upstream(stats, names, n: int, seed: int = 1) -> Tensor:
         value = getattr(stats, name)
         if value is None:
             continue
-        coef = torch.randn(n, generator=g, dtype=torch.float64).to(value.dtype)
+        coef = torch.randn(n, generator=g, dtype=torch.float64).to(device=value.device, dtype=value.dtype)
         total = total + (value * coef).sum()
     if getattr(stats, "proxy_logp", None) is not None and stats.proxy_logp.requires_grad:
         pl = stats.proxy_logp

@@ -44,8 +44,11 @@ def _assert_stats_close(got, ref, rtol, atol):
 def test_values_and_grads_match_naive_float64(lp_case, temperature, chunk):
     lp = LP_REG_CASES[lp_case]
     inp = make_inputs(13, 6, 97, seed=7, scale=1.5, ref=True, ignore=(2, 9))
+    inp["targets"][3:7] = (inp["hidden"] @ inp["weight"].T).detach()[3:7].argmax(-1)  # inside the keep set
     got = _run("chunked", inp, temperature=temperature, lp_reg=lp, chunk_size=chunk)
     ref = _run("naive", inp, temperature=temperature, lp_reg=lp)
+    if lp is not None:
+        assert ref.target_in_proxy.any() and not ref.target_in_proxy.all()
     _assert_stats_close(got, ref, rtol=1e-10, atol=1e-10)
     grads = [torch.autograd.grad(random_upstream(s, DIFF_FLOAT_OUTPUTS, 13), (inp["hidden"], inp["weight"]))
              for s in (got, ref)]
@@ -58,6 +61,7 @@ def test_gradcheck_all_outputs(proxy_temperature):
     """Finite differences of every differentiable output. proxy_kl detaches q (kernels.md §6.2), which equals
     the true derivative only when T_q = T (then KL(q || p) = -log Z_K is stationary in q), so it is checked there."""
     inp = make_inputs(5, 4, 11, seed=2, ref=True)
+    inp["targets"][:2] = (inp["hidden"] @ inp["weight"].T).detach()[:2].argmax(-1)  # inside the keep set
     lp = LpRegProxy(threshold=0.2, proxy_temperature=proxy_temperature)
 
     def fn(hidden, weight):
@@ -244,3 +248,11 @@ def test_default_chunk_size_is_bounded_by_workspace():
     rows = default_chunk_rows(100_000, 32_000, torch.device("cpu"), workspace_bytes=64 * 2**20)
     assert rows * LIVE_CHUNK_TENSORS * 4 * 32_000 <= 64 * 2**20 and rows >= 1
     assert default_chunk_rows(10, 32_000, torch.device("cpu")) == 10
+
+
+@pytest.mark.parametrize("backend", ["chunked", "naive"])
+def test_soft_proxy_statistics_are_detached(backend):
+    inp = make_inputs(4, 3, 12, seed=6)
+    stats = _run(backend, inp, lp_reg=LpRegProxy(threshold=0.1, soft=True), want=("logp",))
+    assert not stats.proxy_log_mass.requires_grad and not stats.proxy_logp.requires_grad
+    assert stats.logp.requires_grad and stats.proxy_kl is None

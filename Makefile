@@ -1,0 +1,37 @@
+# Two commands matter (see README): `make demo` and `make test`. Both create .venv and install on first use.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := DS_BUILD_OPS=0 PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(VENV)/bin/pip
+STAMP  := $(VENV)/.creditrl-installed
+# Where pip finds the CPU build of torch 2.13.0. Empty = the default indexes (this project's machines carry the
+# CPU wheel locally). Elsewhere use: make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TINY   ?= tiny
+
+.PHONY: install demo test test-all clean-demo
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -U pip
+	$(PIP) install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP) install -q -e ".[test]"
+	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__; \
+	          assert torch.version.cuda is None, 'a CUDA build of torch was installed'"
+	touch $(STAMP)
+
+# The default recipe end to end: tiny model + data, supervised warm start, then GRPO (prints accuracy before/after).
+demo: install
+	$(VENV)/bin/creditrl tiny init --out $(TINY)
+	$(VENV)/bin/creditrl sft tiny_grpo
+	$(VENV)/bin/creditrl train tiny_grpo $(ARGS)
+
+test: install
+	$(PY) -m pytest
+
+test-all: install
+	$(PY) -m pytest -m "not gpu"
+
+clean-demo:
+	rm -rf $(TINY) runs

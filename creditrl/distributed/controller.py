@@ -1,0 +1,173 @@
+"""The controller: the step loop of `creditrl/trainer/loop.py`, driving Ray worker groups.
+
+The driver process owns the loop, the data sampler, the reward manager and the algorithm (advantages), as in
+the single-process trainer; generation runs in the rollout group and the old-stats pass and the update run in
+the DeepSpeed learner group. The stages and metric names are the single-process ones, plus:
+
+    sync   after every update (and once at start, also after resume, before the first generation)
+    perf/rollout_tokens_per_s, perf/learner_tokens_per_s, rollout/actor_restarts, weight_sync/buckets
+
+A recipe switches to this path with `resources.backend: ray`; nothing else in it changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from creditrl.algorithms import Algorithm
+from creditrl.config import RecipeConfig, dump_yaml
+from creditrl.data import PromptSampler, load_prompt_datasets
+from creditrl.distributed.learner_group import LearnerGroup
+from creditrl.distributed.placement import make_placement
+from creditrl.distributed.ray_runtime import init_ray
+from creditrl.distributed.rollout_group import RolloutGroup
+from creditrl.distributed.weight_sync import WeightSync
+from creditrl.rewards import RewardManager
+from creditrl.trainer import checkpoint as ckpt
+from creditrl.trainer.evaluate import evaluate
+from creditrl.trainer.learner import count_optimizer_steps
+from creditrl.trainer.loop import (TrainResult, _adv_inputs, _eval_line, generate_and_score, load_tokenizer,
+                                   seed_everything)
+from creditrl.trainer.metrics import MetricsWriter, summary_line
+from creditrl.trainer.progress import StepProgress
+
+log = logging.getLogger(__name__)
+
+
+def train_distributed(cfg: RecipeConfig, console=None,
+                      on_step_start: Callable[[int, RolloutGroup], None] | None = None) -> TrainResult:
+    """Run a recipe on Ray worker groups; same result type as `creditrl.trainer.loop.train`.
+
+    on_step_start: test hook, called with (step, rollout group) before each step's generation.
+    """
+    import ray
+
+    from creditrl.trainer.progress import make_console
+
+    console = console or make_console()
+    rc = cfg.resources
+    run_dir = Path(cfg.run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_yaml = dump_yaml(cfg)
+    (run_dir / "config.yaml").write_text(config_yaml)
+    seed_everything(cfg.seed)
+    started_here = not ray.is_initialized()
+    init_ray(rc.ray_address)
+
+    tokenizer = load_tokenizer(cfg.model.path)
+    train_data, eval_data = load_prompt_datasets(cfg.data, tokenizer, cfg.seed)
+    if cfg.eval.max_prompts and len(eval_data) > cfg.eval.max_prompts:
+        eval_data.rows = eval_data.rows[: cfg.eval.max_prompts]
+    sampler = PromptSampler(len(train_data), cfg.seed, cfg.data.shuffle)
+    algorithm = Algorithm(cfg.algorithm)
+    rewards = RewardManager.from_config(cfg.reward)
+    placement = make_placement(rc, rc.call_timeout_s)
+    learner = rollout = None
+    try:
+        learner = LearnerGroup(cfg, count_optimizer_steps(cfg), tokenizer.pad_token_id, placement.learner)
+        rollout = RolloutGroup(cfg, placement.rollout, tokenizer.pad_token_id, tokenizer.eos_token_id)
+        sync = WeightSync(learner, rollout, rc.weight_sync_bucket_mb << 20, adapter_only=cfg.model.lora.enabled)
+        return _run(cfg, console, run_dir, config_yaml, tokenizer, train_data, eval_data, sampler, algorithm,
+                    rewards, learner, rollout, sync, on_step_start)
+    finally:
+        rewards.close()
+        for group in (rollout, learner):
+            if group is not None:
+                group.shutdown()
+        placement.remove()
+        if started_here:
+            ray.shutdown()
+
+
+def _run(cfg, console, run_dir, config_yaml, tokenizer, train_data, eval_data, sampler, algorithm, rewards,
+         learner: LearnerGroup, rollout: RolloutGroup, sync: WeightSync, on_step_start) -> TrainResult:
+    start_step = 0
+    eval_before: dict[str, float] = {}
+    resume_from = ckpt.resolve_resume(cfg.checkpoint.resume, run_dir)
+    if resume_from is not None:
+        learner.load(resume_from)
+        state = ckpt.load_trainer_state(resume_from)
+        start_step = state["step"]
+        sampler.load_state_dict(state["sampler"])
+        algorithm.load_state_dict(state["algorithm"])
+        eval_before = state.get("eval_before", {})
+        ckpt.set_rng_state(state["rng"])
+        console.print(f"[bold]resumed[/] from {resume_from} at step {start_step}")
+    sync.push(start_step)  # the rollout actors start from the learner's weights (fresh LoRA init or resumed)
+    writer = MetricsWriter(run_dir, cfg.logging.tensorboard, resume_step=start_step if resume_from else None)
+
+    def run_eval(tag: str) -> dict[str, float]:
+        t0 = time.perf_counter()
+        m = evaluate(rollout, eval_data, rewards, tokenizer, max_new_tokens=cfg.rollout.max_new_tokens,
+                     pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
+                     seed=cfg.seed + 7919, tag=tag)
+        m["timing_s/testing"] = time.perf_counter() - t0
+        return m
+
+    if resume_from is None:
+        eval_before = run_eval("eval/step0")
+        writer.write(0, eval_before)
+        console.print(_eval_line("before RL", eval_before))
+
+    history = []
+    total = cfg.train.steps
+    with StepProgress(console, total, start_step, enabled=cfg.logging.progress) as progress:
+        for step in range(start_step + 1, total + 1):
+            t_step = time.perf_counter()
+            timing: dict[str, float] = {}
+            if on_step_start is not None:
+                on_step_start(step, rollout)
+            restarts_before = rollout.restarts
+            batch, metrics = generate_and_score(cfg, step, rollout, sampler, train_data, tokenizer, rewards, timing)
+
+            t0 = time.perf_counter()
+            metrics.update(learner.compute_old_stats(batch, algorithm))
+            timing["old_log_prob"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            batch.advantages, adv_metrics = algorithm.advantages(_adv_inputs(batch), batch.stats.get("ref_logprobs"))
+            metrics.update(adv_metrics)
+            timing["adv"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            metrics.update(learner.update(batch, algorithm))
+            timing["update_actor"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            metrics["weight_sync/buckets"] = float(sync.push(step))
+            timing["update_weights"] = time.perf_counter() - t0
+
+            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step != total:
+                metrics.update(run_eval(f"eval/step{step}"))
+            step_time = time.perf_counter() - t_step
+            response_tokens = float(batch.mask.sum())
+            n_tokens = response_tokens + sum(len(p) for p in batch.prompt_ids)
+            metrics["perf/tokens_per_s"] = n_tokens / step_time
+            metrics["perf/rollout_tokens_per_s"] = response_tokens / max(timing["gen"], 1e-9)
+            metrics["perf/learner_tokens_per_s"] = n_tokens / max(timing["old_log_prob"] + timing["update_actor"],
+                                                                  1e-9)
+            metrics["perf/weight_version"] = float(batch.weight_version)
+            metrics["train/samples"] = float(len(batch))
+            metrics["rollout/actor_restarts"] = float(rollout.restarts - restarts_before)
+            metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
+            metrics["timing_s/step"] = step_time
+
+            if step == total or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
+                t0 = time.perf_counter()
+                state = {"sampler": sampler.state_dict(), "algorithm": algorithm.state_dict(),
+                         "eval_before": eval_before}
+                ckpt.save_checkpoint(run_dir, step, learner, tokenizer, state, config_yaml, cfg.checkpoint.keep)
+                metrics["timing_s/save_checkpoint"] = time.perf_counter() - t0
+            writer.write(step, metrics)
+            history.append({"step": step, **metrics})
+            progress.advance(summary_line(step, total, metrics))
+
+    eval_after = run_eval("eval/final")
+    writer.write(total, {f"final/{k.split('/', 1)[1]}": v for k, v in eval_after.items()})
+    writer.close()
+    console.print(_eval_line("before RL", eval_before))
+    console.print(_eval_line("after RL ", eval_after))
+    return TrainResult(run_dir, total, eval_before, eval_after, history)

@@ -1,0 +1,167 @@
+"""The learner worker group: M DeepSpeed ranks as Ray actors, driven like a single `Learner`.
+
+`LearnerGroup` implements the protocol of `creditrl/trainer/learner.py` (compute_old_stats, update,
+named_weights, save, load): the controller's step loop cannot tell it from `LocalLearner`. Each call plans the
+data-parallel split once per batch (dp_split.plan_step: balanced by tokens, lockstep micro-batch counts),
+sends the batch and the plan to every rank, and merges the partial results. Any rank failing (dead actor,
+timeout) raises `LearnerFailure` naming the rank and node; the run stops and resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from creditrl.algorithms import Algorithm
+from creditrl.algorithms.base import masked_mean
+from creditrl.config.schema import RecipeConfig
+from creditrl.distributed.dp_split import MiniPlan, plan_step
+from creditrl.distributed.ds_learner import DeepSpeedLearnerWorker
+from creditrl.distributed.errors import LearnerFailure, describe_failure
+from creditrl.distributed.placement import Slot
+from creditrl.trainer.batch import RolloutBatch
+
+log = logging.getLogger(__name__)
+
+RESUME_HINT = "The run stops here; restart it with `creditrl train ... --resume` to continue from the last checkpoint."
+
+
+def _free_port() -> tuple[str, int]:
+    """(node IP, a free TCP port) of the calling process's node: the rendezvous of the group."""
+    import socket
+
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+
+class LearnerGroup:
+    def __init__(self, cfg: RecipeConfig, total_optimizer_steps: int, pad_id: int, slots: list[Slot]):
+        import ray
+
+        self.cfg, self.world = cfg, cfg.resources.learner_ranks
+        mini_rows = cfg.mini_batch_prompts_resolved * cfg.rollout.n_samples
+        if mini_rows < self.world:
+            raise ValueError(f"a mini-batch has {mini_rows} samples (train.mini_batch_prompts x rollout.n_samples) "
+                             f"but there are {self.world} learner ranks: every rank needs at least one sample. "
+                             f"Raise train.mini_batch_prompts or lower resources.learner_ranks.")
+        self.timeout = cfg.resources.call_timeout_s
+        remote_cls = ray.remote(DeepSpeedLearnerWorker)
+        port_task = ray.remote(_free_port).options(**slots[0].options)
+        addr, port = ray.get(port_task.remote(), timeout=self.timeout)
+        self.actors = [remote_cls.options(**slot.options, max_restarts=0, max_concurrency=1).remote(
+            cfg, rank, self.world, addr, port, total_optimizer_steps, pad_id) for rank, slot in enumerate(slots)]
+        self.infos = [{"rank": r} for r in range(self.world)]
+        self.infos = self._call_all("info", call="startup")
+        self._plans: tuple[RolloutBatch, list[MiniPlan]] | None = None
+        log.info("learner group: %d ranks on %s", self.world, sorted({i["node_ip"] for i in self.infos}))
+
+    # ---- calls -------------------------------------------------------------------------------------------
+    def _call_all(self, method: str, *args, call: str | None = None) -> list:
+        """Call `method` on every rank and wait; any failure -> LearnerFailure naming the rank and node."""
+        import ray
+
+        refs = [getattr(a, method).remote(*args) for a in self.actors]
+        results = [None] * len(refs)
+        for rank, ref in enumerate(refs):
+            try:
+                results[rank] = ray.get(ref, timeout=self.timeout)
+            except (ray.exceptions.RayError, TimeoutError) as exc:
+                msg = describe_failure("learner", self.infos[rank], call or method, exc, RESUME_HINT)
+                log.error(msg)
+                raise LearnerFailure(msg) from exc
+        return results
+
+    def plan(self, batch: RolloutBatch) -> list[MiniPlan]:
+        """The step's DP plan, computed once per batch (old-stats pass and update share it)."""
+        if self._plans is None or self._plans[0] is not batch:  # identity, not id(): ids are reused after GC
+            lengths = [len(p) + int(n) for p, n in zip(batch.prompt_ids, batch.response_lengths)]
+            mini_rows = self.cfg.mini_batch_prompts_resolved * self.cfg.rollout.n_samples
+            self._plans = (batch, plan_step(lengths, mini_rows, self.world,
+                                                self.cfg.train.micro_batch_tokens_per_worker))
+        return self._plans[1]
+
+    # ---- the Learner protocol ----------------------------------------------------------------------------
+    def compute_old_stats(self, batch: RolloutBatch, algorithm: Algorithm) -> dict[str, float]:
+        """Fill batch.stats exactly as LocalLearner does, from the ranks' shares."""
+        parts = self._call_all("compute_old_stats", batch, tuple(algorithm.needs), self.plan(batch),
+                               call="compute_old_stats")
+        B, T = batch.mask.shape
+        old_lp, old_ent = torch.zeros(B, T), torch.zeros(B, T)
+        ref = torch.zeros(B, T) if "ref_logprobs" in algorithm.needs else None
+        hidden = None
+        for part in parts:
+            if not part["rows"]:
+                continue
+            idx = torch.tensor(part["rows"], dtype=torch.long)
+            old_lp[idx] = part["logp"][:, :T]
+            old_ent[idx] = part["entropy"][:, :T]
+            if ref is not None:
+                ref[idx] = part["ref_logp"][:, :T]
+            if "hidden" in part:
+                if hidden is None:
+                    hidden = torch.zeros(B, T, part["hidden"].shape[-1])
+                hidden[idx] = part["hidden"][:, :T]
+        batch.stats["old_logprobs"] = old_lp
+        batch.stats["old_entropy"] = old_ent
+        if hidden is not None:
+            batch.stats["old_hidden"] = hidden
+        if ref is not None:
+            batch.stats["ref_logprobs"] = ref
+        m = batch.mask
+        gap = ((batch.rollout_logprobs - old_lp).abs() * m).sum() / m.sum().clamp_min(1)
+        return {"rollout/logprob_gap_abs_mean": gap.item(), "actor/entropy": masked_mean(old_ent, m).item()}
+
+    def update(self, batch: RolloutBatch, algorithm: Algorithm) -> dict[str, float]:
+        parts = self._call_all("update", batch, algorithm, self.plan(batch), call="update")
+        sums: dict[str, float] = {}
+        weight = 0.0
+        for p in parts:
+            weight += p["weight"]
+            for k, v in p["sums"].items():
+                sums[k] = sums.get(k, 0.0) + v
+        out = {k: v / max(weight, 1.0) for k, v in sums.items()}
+        mini_losses = [sum(vals) for vals in zip(*(p["losses"] for p in parts))]  # global loss per mini-batch
+        grad_norms = parts[0]["grad_norms"]  # the global norm: identical on every rank
+        out["actor/pg_loss"] = sum(mini_losses) / max(len(mini_losses), 1)
+        out["actor/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+        out["actor/lr"] = parts[0]["lr"]
+        out["actor/skipped_microbatches_total"] = float(sum(p["skipped_microbatches"] for p in parts))
+        if parts[0]["algorithm_state"] is not None:
+            algorithm.load_state_dict(parts[0]["algorithm_state"])
+        return out
+
+    def named_weights(self) -> Iterator[tuple[str, Tensor]]:
+        """All policy weights, gathered to the driver (tests, export). Syncs use `weight_buckets`."""
+        state = self._call_all("full_state", False, call="named_weights")[0]
+        return iter(state.items())
+
+    def adapter_weights(self) -> dict[str, Tensor]:
+        return self._call_all("full_state", True, call="adapter_weights")[0]
+
+    def weight_buckets(self, bucket_bytes: int, adapter_only: bool) -> list:
+        """Object refs of the weight buckets (gathered in lockstep on every rank, put by rank 0)."""
+        return self._call_all("weight_buckets", bucket_bytes, adapter_only, call="weight sync")[0][0]
+
+    def save(self, directory: Path) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self._call_all("save", str(directory), call=f"save({directory})")
+
+    def load(self, directory: Path) -> None:
+        self._call_all("load", str(directory), call=f"load({directory})")
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            try:
+                ray.get(a.shutdown.remote(), timeout=30)
+            except Exception:  # the actor may already be gone; it is killed next anyway
+                pass
+            ray.kill(a)

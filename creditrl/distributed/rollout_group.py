@@ -1,0 +1,136 @@
+"""The rollout worker group: N `RolloutActor`s behind the `RolloutEngine` interface.
+
+`generate` splits the prompts into N contiguous chunks (as even as possible), runs them concurrently, and
+concatenates the results in prompt order, so the output is indistinguishable from one engine's (rows are
+sample `k % n` of prompt `k // n`). Each chunk gets its own sampling seed, drawn from the group's seeded RNG,
+so a re-run of a chunk reproduces it.
+
+Fault handling (architecture.md §2.15): every call has a timeout. A chunk whose actor died or timed out is
+re-run: the actor is killed and restarted in the same slot, re-synced to the current weights (the last
+sync's buckets stay in the object store until the next sync), and given the same chunk with the same seed.
+Nothing is lost or duplicated: the step gets exactly one result per prompt. After
+`resources.max_rollout_restarts` restarts the run stops with an error that names the actor and node.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import replace
+from typing import Callable
+
+from creditrl.config.schema import RecipeConfig
+from creditrl.distributed.errors import WorkerFailure, describe_failure
+from creditrl.distributed.placement import Slot
+from creditrl.rollout.base import RolloutOutput, SamplingParams
+from creditrl.rollout.ray_engine import RolloutActor
+
+log = logging.getLogger(__name__)
+
+
+def split_even(n_items: int, n_parts: int) -> list[tuple[int, int]]:
+    """[start, end) ranges of `n_parts` contiguous chunks whose sizes differ by at most one (empty ones dropped)."""
+    base, extra = divmod(n_items, n_parts)
+    out, start = [], 0
+    for i in range(n_parts):
+        size = base + (1 if i < extra else 0)
+        if size:
+            out.append((start, start + size))
+        start += size
+    return out
+
+
+class RolloutGroup:
+    def __init__(self, cfg: RecipeConfig, slots: list[Slot], pad_id: int, eos_id: int,
+                 transport: str = "object_store"):
+        import ray
+
+        self.cfg, self.slots = cfg, slots
+        self.pad_id, self.eos_id, self.transport = pad_id, eos_id, transport
+        self.timeout = cfg.resources.call_timeout_s
+        self.max_restarts = cfg.resources.max_rollout_restarts
+        self.restarts = 0
+        self.weight_version = 0
+        self._sync_handles: list = []  # the last sync's buckets: replayed into restarted actors
+        self._rng = random.Random(cfg.seed + 104729)
+        self._remote = ray.remote(RolloutActor)
+        self.actors = [self._start(i) for i in range(len(slots))]
+        self.infos = [ray.get(a.info.remote(), timeout=self.timeout) for a in self.actors]
+        self.on_submitted: Callable[["RolloutGroup"], None] | None = None  # test hook: runs while chunks are in flight
+
+    def _start(self, i: int):
+        return self._remote.options(**self.slots[i].options, max_restarts=0).remote(
+            self.cfg, i, self.pad_id, self.eos_id, self.transport)
+
+    # ---- the RolloutEngine interface ---------------------------------------------------------------------
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutOutput:
+        import ray
+
+        chunks = split_even(len(prompt_ids), len(self.actors))
+        base_seed = params.seed if params.seed is not None else self._rng.randrange(2**31)
+        jobs = [(i, s, e, replace(params, seed=base_seed + i)) for i, (s, e) in enumerate(chunks)]
+        refs = {i: self.actors[i].generate.remote(prompt_ids[s:e], p) for i, s, e, p in jobs}
+        if self.on_submitted is not None:
+            self.on_submitted(self)
+        parts: dict[int, RolloutOutput] = {}
+        for i, s, e, p in jobs:
+            while i not in parts:
+                try:
+                    parts[i] = ray.get(refs[i], timeout=self.timeout)
+                except (ray.exceptions.RayError, TimeoutError) as exc:
+                    self._restart(i, exc, f"generate({e - s} prompts)")
+                    refs[i] = self.actors[i].generate.remote(prompt_ids[s:e], p)
+        out = RolloutOutput.concat([parts[i] for i, *_ in jobs])
+        out.weight_version = min(parts[i].weight_version for i, *_ in jobs)
+        return out
+
+    def update_weights_from(self, handles: list, version: int) -> None:
+        """Push one sync (transport handles, in order) to every actor; wait for all."""
+        import ray
+
+        self._sync_handles = handles
+        refs = {i: a.update_weights.remote(handles, version) for i, a in enumerate(self.actors)}
+        for i in refs:
+            while True:
+                try:
+                    ray.get(refs[i], timeout=self.timeout)
+                    break
+                except (ray.exceptions.RayError, TimeoutError) as exc:
+                    self._restart(i, exc, "update_weights", resync=False)
+                    refs[i] = self.actors[i].update_weights.remote(handles, version)
+        self.weight_version = version
+
+    def set_version(self, version: int) -> None:  # loop compatibility: versions come with syncs here
+        self.weight_version = version
+
+    # ---- faults ------------------------------------------------------------------------------------------
+    def _restart(self, i: int, exc: BaseException, call: str, resync: bool = True) -> None:
+        import ray
+
+        msg = describe_failure("rollout actor", self.infos[i], call, exc, "")
+        if self.restarts >= self.max_restarts:
+            raise WorkerFailure(f"{msg}\nGiving up after {self.restarts} rollout-actor restarts "
+                                f"(resources.max_rollout_restarts).") from exc
+        self.restarts += 1
+        log.warning("%s\nRestarting it (restart %d of at most %d) and re-running its prompts.", msg,
+                    self.restarts, self.max_restarts)
+        try:
+            ray.kill(self.actors[i], no_restart=True)
+        except Exception:  # already dead
+            pass
+        self.actors[i] = self._start(i)
+        self.infos[i] = ray.get(self.actors[i].info.remote(), timeout=self.timeout)
+        if resync and self._sync_handles:
+            ray.get(self.actors[i].update_weights.remote(self._sync_handles, self.weight_version),
+                    timeout=self.timeout)
+
+    def weights(self, i: int) -> dict:
+        import ray
+
+        return ray.get(self.actors[i].weights.remote(), timeout=self.timeout)
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)

@@ -1,0 +1,89 @@
+"""A rollout engine that lives in a Ray actor and owns its model copy.
+
+`RolloutActor` is the actor body used by `creditrl/distributed/rollout_group.py`: on CPU it wraps
+`HFGenerateEngine` around its own copy of the policy (loaded from `model.path`, with the same LoRA adapter
+structure when LoRA is on); on GPU it wraps `VLLMEngine` (creditrl/rollout/vllm_engine.py). Weights arrive as
+buckets through a weight-sync transport and are applied with the engine's `update_weights(named, version)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import torch
+
+from creditrl.config.schema import RecipeConfig
+from creditrl.rollout.base import RolloutOutput, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+def build_hf_rollout_model(cfg: RecipeConfig):
+    """The rollout copy of the policy: same architecture and parameter names as the learner's policy."""
+    from creditrl.trainer.learner import load_causal_lm
+
+    model = load_causal_lm(cfg.model.path, cfg.model.dtype)
+    if cfg.model.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lc = cfg.model.lora
+        model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                                 target_modules=lc.target_modules, task_type="CAUSAL_LM"))
+    model.requires_grad_(False)
+    return model.eval()
+
+
+class RolloutActor:
+    """Ray actor body: generate on request, receive weight buckets, report where it runs."""
+
+    def __init__(self, cfg: RecipeConfig, actor_index: int, pad_id: int, eos_id: int, transport: str = "object_store"):
+        from creditrl.distributed.weight_sync import make_transport
+
+        self.index = actor_index
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        torch.manual_seed(cfg.seed + 7919 * (actor_index + 1))
+        if cfg.resources.use_gpu:
+            from creditrl.rollout.vllm_engine import VLLMEngine
+
+            self.engine = VLLMEngine(cfg, seed=cfg.seed + actor_index)
+        else:
+            from creditrl.rollout.hf_engine import HFGenerateEngine
+
+            self.engine = HFGenerateEngine(build_hf_rollout_model(cfg), pad_id, eos_id,
+                                           cfg.rollout.generation_batch_prompts, cfg.model.autocast_bf16)
+        self.transport = make_transport(transport)
+
+    def info(self) -> dict:
+        import ray
+
+        return {"rank": self.index, "host": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
+                "pid": os.getpid()}
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutOutput:
+        return self.engine.generate(prompt_ids, params)
+
+    def update_weights(self, handles: list, version: int) -> int:
+        """Apply the buckets in order (one in memory at a time); returns the new version."""
+        for handle in handles:
+            bucket = self.transport.unpack(handle)
+            self.engine.update_weights(bucket.items(), version)
+        self.engine.weight_version = version
+        return version
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """A copy of the engine's current parameters by name (tests: bit-exact sync)."""
+        return {n: p.detach().cpu().clone() for n, p in self.engine.model.named_parameters()}
+
+    def weight_version(self) -> int:
+        return self.engine.weight_version
+
+    def sleep(self) -> None:
+        """Colocated GPU mode: free the engine's memory between generations (no-op on CPU)."""
+        if hasattr(self.engine, "sleep"):
+            self.engine.sleep()
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        if hasattr(self.engine, "wake_up"):
+            self.engine.wake_up(tags)

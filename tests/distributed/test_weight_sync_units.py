@@ -1,0 +1,35 @@
+"""Weight-sync building blocks (no Ray): buckets, ZeRO-3 bucket plans, names."""
+
+import pytest
+import torch
+
+from creditrl.distributed.rollout_group import split_even
+from creditrl.distributed.weight_sync import (is_adapter_tensor, iter_buckets, plan_buckets_by_numel,
+                                              strip_wrapper_prefixes)
+
+
+def test_iter_buckets_respects_byte_budget_and_order():
+    named = [("a", torch.zeros(4)), ("b", torch.zeros(4)), ("c", torch.zeros(10)), ("d", torch.zeros(1))]
+    buckets = list(iter_buckets(named, bucket_bytes=32))  # fp32: a,b = 16 B each; c = 40 B alone; d = 4 B
+    assert [list(b) for b in buckets] == [["a", "b"], ["c"], ["d"]]
+    with pytest.raises(ValueError):
+        list(iter_buckets(named, 0))
+
+
+def test_plan_buckets_by_numel_uses_full_sizes():
+    # ZeRO-3 shards report numel() == 0; the plan must use ds_numel (full sizes) and match iter_buckets
+    assert plan_buckets_by_numel([4, 4, 10, 1], element_size=4, bucket_bytes=32) == [[0, 1], [2], [3]]
+    assert plan_buckets_by_numel([], 4, 32) == []
+
+
+def test_names():
+    assert strip_wrapper_prefixes("base_model.model.model.layers.0.q_proj.weight") == "model.layers.0.q_proj.weight"
+    assert strip_wrapper_prefixes("_fsdp_wrapped_module.lm_head.weight") == "lm_head.weight"
+    assert is_adapter_tensor("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight")
+    assert not is_adapter_tensor("base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight")
+
+
+def test_split_even():
+    assert split_even(5, 2) == [(0, 3), (3, 5)]
+    assert split_even(2, 3) == [(0, 1), (1, 2)]
+    assert split_even(6, 3) == [(0, 2), (2, 4), (4, 6)]

@@ -1,0 +1,50 @@
+import torch
+
+from creditrl.trainer.batch import RolloutBatch, make_micro_batch, partition_by_tokens, scatter_tokens
+from creditrl.trainer.schedule import lr_factor
+
+
+def test_partition_respects_budget_and_order():
+    lengths = [5, 5, 5, 9, 2, 2, 20, 1]
+    groups = partition_by_tokens(lengths, budget=12)
+    assert [i for g in groups for i in g] == list(range(len(lengths)))  # order kept, nothing lost
+    for g in groups:
+        assert len(g) == 1 or len(g) * max(lengths[i] for i in g) <= 12
+    assert [6] in groups  # longer than the budget: alone
+    assert partition_by_tokens(lengths, 12) == groups  # deterministic
+
+
+def _batch() -> RolloutBatch:
+    resp = torch.tensor([[7, 8, 9], [4, 0, 0], [5, 6, 0]])
+    mask = torch.tensor([[1.0, 1, 1], [1, 0, 0], [1, 1, 0]])
+    return RolloutBatch([[1, 2], [3], [1, 2, 3, 4]], resp, mask, torch.zeros(3, 3), torch.zeros(3),
+                        torch.arange(3), ["a", "b", "c"], torch.ones(3, dtype=torch.bool))
+
+
+def test_micro_batch_alignment_hand_computed():
+    mb = make_micro_batch(_batch(), [0, 1, 2], pad_id=0)
+    assert mb.input_ids.tolist() == [[1, 2, 7, 8, 9, 0], [3, 4, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6]]
+    assert mb.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]]
+    # token t of sample i is predicted by position prompt_len + t - 1
+    assert mb.rows.tolist() == [0, 0, 0, 1, 2, 2]
+    assert mb.positions.tolist() == [1, 2, 3, 0, 3, 4]
+    assert mb.targets.tolist() == [7, 8, 9, 4, 5, 6]
+    for r, p, t in zip(mb.rows, mb.positions, mb.targets):
+        assert mb.input_ids[r, p + 1] == t
+
+
+def test_scatter_tokens_places_values_and_keeps_grad():
+    mb = make_micro_batch(_batch(), [0, 1, 2], pad_id=0)
+    vals = torch.arange(1.0, 7.0, requires_grad=True)
+    out = scatter_tokens(vals, mb)
+    assert out.tolist() == [[1, 2, 3], [4, 0, 0], [5, 6, 0]]
+    out.sum().backward()
+    assert vals.grad.tolist() == [1.0] * 6
+
+
+def test_lr_schedule_values():
+    assert lr_factor(0, 100, 10, "constant", 0.0) == 0.1  # warm-up (step+1)/warmup
+    assert lr_factor(9, 100, 10, "constant", 0.0) == 1.0
+    assert lr_factor(55, 100, 10, "linear", 0.0) == 0.5  # halfway through the decay
+    assert abs(lr_factor(100, 100, 10, "cosine", 0.1) - 0.1) < 1e-12
+    assert abs(lr_factor(55, 100, 10, "cosine", 0.0) - 0.5) < 1e-12
