@@ -59,6 +59,7 @@ class Shape:
 PRESETS: dict[str, list[Shape]] = {
     "cpu": [Shape("cpu-small", 512, 256, 32768), Shape("cpu-target", 4096, 896, 32000)],
     "cpu-quick": [Shape("cpu-quick", 256, 128, 8192)],
+    "cpu-target": [Shape("cpu-target", 4096, 896, 32000)],
     "gpu": [
         *(Shape(f"qwen2.5-0.5b N={n}", n, 896, 151936) for n in (2048, 8192, 16384, 32768)),
         *(Shape(f"qwen2.5-1.5b N={n}", n, 1536, 151936) for n in (2048, 8192, 16384, 32768)),
@@ -385,7 +386,7 @@ def main() -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one provider, one shape
     args = parser.parse_args()
 
-    device = "cuda" if args.preset == "gpu" else "cpu"
+    device = "cuda" if args.preset.startswith("gpu") else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     reps = args.reps or (20 if device == "cuda" else 3)
 

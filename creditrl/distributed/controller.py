@@ -114,6 +114,7 @@ def _run(cfg, console, run_dir, config_yaml, tokenizer, train_data, eval_data, s
 
     history = []
     total = cfg.train.steps
+    sleep_between = cfg.resources.use_gpu and cfg.resources.placement == "colocated"
     with StepProgress(console, total, start_step, enabled=cfg.logging.progress) as progress:
         for step in range(start_step + 1, total + 1):
             t_step = time.perf_counter()
@@ -122,6 +123,8 @@ def _run(cfg, console, run_dir, config_yaml, tokenizer, train_data, eval_data, s
                 on_step_start(step, rollout)
             restarts_before = rollout.restarts
             batch, metrics = generate_and_score(cfg, step, rollout, sampler, train_data, tokenizer, rewards, timing)
+            if sleep_between:  # colocated GPU: the learner gets the memory (architecture.md §2.8)
+                rollout.sleep()
 
             t0 = time.perf_counter()
             metrics.update(learner.compute_old_stats(batch, algorithm))
@@ -137,7 +140,11 @@ def _run(cfg, console, run_dir, config_yaml, tokenizer, train_data, eval_data, s
             timing["update_actor"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
+            if sleep_between:
+                rollout.wake_up(["weights"])
             metrics["weight_sync/buckets"] = float(sync.push(step))
+            if sleep_between:
+                rollout.wake_up(["kv_cache"])
             timing["update_weights"] = time.perf_counter() - t0
 
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step != total:

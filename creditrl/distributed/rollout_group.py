@@ -124,6 +124,18 @@ class RolloutGroup:
             ray.get(self.actors[i].update_weights.remote(self._sync_handles, self.weight_version),
                     timeout=self.timeout)
 
+    def sleep(self) -> None:
+        """Colocated GPU: release the engines' GPU memory for the learner (vLLM sleep mode)."""
+        import ray
+
+        ray.get([a.sleep.remote() for a in self.actors], timeout=self.timeout)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Wake in stages: ["weights"] before a sync, ["kv_cache"] after it (vllm#15254)."""
+        import ray
+
+        ray.get([a.wake_up.remote(tags) for a in self.actors], timeout=self.timeout)
+
     def weights(self, i: int) -> dict:
         import ray
 

@@ -55,11 +55,19 @@ def seed_everything(seed: int) -> None:
 
 
 def load_tokenizer(path: str):
+    """The tokenizer saved in a local model (or adapter) directory, with clear errors."""
     from transformers import AutoTokenizer
 
-    from creditrl.trainer.learner import check_model_dir
+    from creditrl.trainer.learner import ModelLoadError
 
-    tok = AutoTokenizer.from_pretrained(str(check_model_dir(path)))
+    p = Path(path)
+    if not p.is_dir():
+        raise ModelLoadError(f"model directory not found: {p}. Set model.path to a local Hugging Face model "
+                             f"directory (for the demo, run `creditrl tiny init` and `creditrl sft` first).")
+    if not (p / "tokenizer_config.json").is_file() and not (p / "tokenizer.json").is_file():
+        raise ModelLoadError(f"{p} has no tokenizer (tokenizer.json / tokenizer_config.json): save the tokenizer "
+                             f"next to the model with tokenizer.save_pretrained.")
+    tok = AutoTokenizer.from_pretrained(str(p))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -131,13 +131,15 @@ def test_creditrl_train_inside_ray_job_submit(tiny_files, tmp_path):
         deadline = time.time() + 900
         status = ""
         while time.time() < deadline:
-            status = subprocess.run([ray_bin, "job", "status", "--address", f"http://127.0.0.1:{dash}", job_id],
-                                    env=env, capture_output=True, text=True, timeout=60).stdout
+            res = subprocess.run([ray_bin, "job", "status", "--address", f"http://127.0.0.1:{dash}", job_id],
+                                 env=env, capture_output=True, text=True, timeout=60)
+            status = (res.stdout + res.stderr).upper()  # "Job '...' succeeded" / "...: RUNNING"
             if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
                 break
             time.sleep(5)
-        logs = subprocess.run([ray_bin, "job", "logs", "--address", f"http://127.0.0.1:{dash}", job_id],
-                              env=env, capture_output=True, text=True, timeout=60).stdout
+        res = subprocess.run([ray_bin, "job", "logs", "--address", f"http://127.0.0.1:{dash}", job_id],
+                             env=env, capture_output=True, text=True, timeout=60)
+        logs = res.stdout + res.stderr
         assert "SUCCEEDED" in status, f"{status}\n{logs[-3000:]}"
         assert (run_dir / "checkpoints" / "latest").is_file()
         assert (run_dir / "checkpoints" / "step_000002" / "deepspeed" / "latest").is_file()

@@ -109,3 +109,27 @@ def test_default_recipe_full_length(tiny_task, tmp_path):
     before = rows[0]["eval/greedy_acc"]
     after = next(r for r in rows if "final/greedy_acc" in r)["final/greedy_acc"]
     assert after >= before + 0.15, (before, after)
+
+
+def test_lora_gradient_checkpointing_bf16_and_kl(tiny_task, tmp_path):
+    """The optional learner features run together: LoRA (reference = adapter disabled), gradient
+    checkpointing, bf16 autocast, KL loss and an entropy bonus; the checkpoint holds the adapter and evaluates."""
+    run = tmp_path / "lora"
+    train_cli(*tiny_task.overrides(run, "train.steps=3", "model.lora.enabled=true", "model.lora.r=4",
+                                   "model.gradient_checkpointing=true", "model.autocast_bf16=true",
+                                   "algorithm.kl.coef=0.01", "algorithm.regularizers=[{name: entropy_bonus, coef: 0.01}]",
+                                   "eval.max_prompts=20", "eval.pass_k=0", "train.lr=1e-3"))
+    rows = [r for r in read_jsonl(run / "metrics.jsonl") if "reward/mean" in r]
+    assert len(rows) == 3
+    for r in rows:
+        assert all(v == v for v in r.values())  # no NaN
+        assert "actor/kl_loss" in r and "actor/entropy_bonus" in r
+    assert rows[0]["actor/kl_loss"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before any update
+    assert rows[-1]["actor/kl_loss"] > 0.0
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    assert (ckpt / "model" / "adapter_config.json").is_file()
+    result = runner.invoke(app, ["eval", str(run), f"model.path={tiny_task.sft}", "eval.max_prompts=10",
+                                 "eval.pass_k=0", f"data.train_files=[{tiny_task.train_file}]",
+                                 f"data.eval_files=[{tiny_task.eval_file}]"])
+    assert result.exit_code == 0, result.output
+    assert "eval/greedy_acc" in result.output
