@@ -58,8 +58,8 @@ class PPOClipConfig:
     dual_clip: float | None = 3.0  # c; null disables
 
     def __post_init__(self):
-        if not 0.0 <= self.clip_low < 1.0:
-            raise ValueError(f"ppo_clip.clip_low must be in [0, 1) (got {self.clip_low})")
+        if not 0.0 <= self.clip_low <= 1.0:  # 1.0 = no lower bound on r (Lp-Reg's reference setting)
+            raise ValueError(f"ppo_clip.clip_low must be in [0, 1] (got {self.clip_low})")
         if self.clip_high < 0.0:
             raise ValueError(f"ppo_clip.clip_high must be >= 0 (got {self.clip_high}); DAPO uses 0.28")
         if self.dual_clip is not None and self.dual_clip <= 1.0:

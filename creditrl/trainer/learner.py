@@ -175,7 +175,7 @@ class LocalLearner:
         if "old_hidden" in s:  # THR / NTHR: hidden states, lm_head, sampled ids and the temperature
             extras["lm_head_weight"] = decoder_and_head(self.policy)[1].weight.detach()
             extras["response_ids"] = batch.response_ids[idx]
-            extras["temperature"] = torch.tensor(self.cfg.rollout.temperature)
+            extras["temperature"] = torch.tensor(self.cfg.rollout.temperature, dtype=torch.float64)
         return LossInputs(
             logprobs=logp,
             old_logprobs=s["old_logprobs"][idx],

@@ -112,7 +112,7 @@ def test_registered_dapo_configuration():
     assert sym[0, 0].item() == pytest.approx(-1.2)
 
 
-@pytest.mark.parametrize("kwargs,field", [({"clip_low": 1.0}, "clip_low"), ({"clip_high": -0.1}, "clip_high"),
+@pytest.mark.parametrize("kwargs,field", [({"clip_low": 1.5}, "clip_low"), ({"clip_high": -0.1}, "clip_high"),
                                           ({"dual_clip": 1.0}, "dual_clip")])
 def test_config_validation(kwargs, field):
     with pytest.raises(ValueError, match=field):
