@@ -308,6 +308,9 @@ def write_doc(results: dict[str, list[RunResult]], args: argparse.Namespace, ove
                   *(f"![{f} (claims)](methods/claims_{f}.png)" for f, *_ in PANELS), ""]
     if claims_file is not None and claims_file.exists():
         lines += [claims_file.read_text().rstrip(), ""]
+    else:
+        lines += ["## Paper claims", "", "Not judged for these numbers: look at them and pass the judgement with "
+                  "`--claims FILE` (the bench never writes a verdict on its own).", ""]
     doc.write_text("\n".join(lines) + "\n")
     log.info("wrote %s and %s/*.png", doc, fig_dir)
 

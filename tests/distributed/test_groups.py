@@ -17,7 +17,7 @@ from creditrl.algorithms import Algorithm
 from creditrl.config import load_config
 from creditrl.rollout.base import SamplingParams
 
-pytestmark = pytest.mark.slow
+# Short enough (~40 s with Ray + DeepSpeed start-up) to run by default.
 
 
 def _cfg(tiny_files, *extra):

@@ -8,7 +8,7 @@ import torch
 
 from tests.distributed.test_groups import _cfg
 
-pytestmark = pytest.mark.slow
+# Runs by default (~25 s).
 
 
 def test_lora_sync_sends_adapters_only_and_is_bit_identical(local_ray, tiny_files):
