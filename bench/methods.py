@@ -254,7 +254,8 @@ def table(results: dict[str, list[RunResult]], k: int) -> list[str]:
             err = next((r.error for r in runs if r.error), "no finished run")
             lines.append(f"| {method} | 0 | failed: `{err.splitlines()[-1][:150] if err else ''}` | | | | | | | |")
             continue
-        lines.append(f"| {method} | {s['n_seeds']} | {_pct(s['start_acc'])} | {_pct(s['final_acc'])} | {_pct(s['final_pass'])} | "
+        lines.append(f"| {method} | {s['n_seeds']} | {_pct(s['start_acc'])} | {_pct(s['final_acc'])} | "
+                     f"{_pct(s['final_pass'])} | "
                      f"{_pct(s['auc_acc'])} | {_pct(s['auc_pass'])} | "
                      f"{s['entropy_last10']:.3f} | {s['clipfrac']:.4f} | {s['s_per_step']:.2f} |")
     return lines
@@ -269,7 +270,9 @@ def write_doc(results: dict[str, list[RunResult]], args: argparse.Namespace, ove
     claim_results = {m: r for m, r in results.items() if m in CLAIM_METHODS}
     if 1 < len(claim_results) < len(results):
         plot(claim_results, fig_dir, prefix="claims_")
-    cmd = ["python bench/methods.py", *(["--report-only"] if args.report_only else []), f"--steps {args.steps}", f"--seeds {' '.join(map(str, args.seeds))}",
+    cmd = ["python bench/methods.py", *(["--report-only"] if args.report_only else []), f"--out {args.out}",
+           f"--steps {args.steps}",
+           f"--seeds {' '.join(map(str, args.seeds))}",
            f"--eval-every {args.eval_every}", f"--eval-prompts {args.eval_prompts}", f"--pass-k {args.pass_k}",
            f"--methods {' '.join(results)}"]
     if args.extra:

@@ -19,7 +19,6 @@ from typing import Callable
 
 from creditrl.algorithms import Algorithm
 from creditrl.config import RecipeConfig, dump_yaml
-from creditrl.data import PromptSampler, load_prompt_datasets
 from creditrl.distributed.learner_group import LearnerGroup
 from creditrl.distributed.placement import make_placement
 from creditrl.distributed.ray_runtime import init_ray
@@ -27,10 +26,9 @@ from creditrl.distributed.rollout_group import RolloutGroup
 from creditrl.distributed.weight_sync import WeightSync
 from creditrl.rewards import RewardManager
 from creditrl.trainer import checkpoint as ckpt
-from creditrl.trainer.evaluate import evaluate
 from creditrl.trainer.learner import count_optimizer_steps
-from creditrl.trainer.loop import (TrainResult, _adv_inputs, _eval_line, generate_and_score, load_tokenizer,
-                                   seed_everything)
+from creditrl.trainer.loop import (TrainResult, _adv_inputs, _eval_line, generate_and_score, held_out_evaluator,
+                                   load_run_data, seed_everything)
 from creditrl.trainer.metrics import MetricsWriter, summary_line
 from creditrl.trainer.progress import StepProgress
 
@@ -57,11 +55,7 @@ def train_distributed(cfg: RecipeConfig, console=None,
     started_here = not ray.is_initialized()
     init_ray(rc.ray_address)
 
-    tokenizer = load_tokenizer(cfg.model.path)
-    train_data, eval_data = load_prompt_datasets(cfg.data, tokenizer, cfg.seed)
-    if cfg.eval.max_prompts and len(eval_data) > cfg.eval.max_prompts:
-        eval_data.rows = eval_data.rows[: cfg.eval.max_prompts]
-    sampler = PromptSampler(len(train_data), cfg.seed, cfg.data.shuffle)
+    tokenizer, train_data, eval_data, sampler = load_run_data(cfg)
     algorithm = Algorithm(cfg.algorithm)
     rewards = RewardManager.from_config(cfg.reward)
     placement = make_placement(rc, rc.call_timeout_s)
@@ -88,24 +82,12 @@ def _run(cfg, console, run_dir, config_yaml, tokenizer, train_data, eval_data, s
     eval_before: dict[str, float] = {}
     resume_from = ckpt.resolve_resume(cfg.checkpoint.resume, run_dir)
     if resume_from is not None:
-        learner.load(resume_from)
-        state = ckpt.load_trainer_state(resume_from)
-        start_step = state["step"]
-        sampler.load_state_dict(state["sampler"])
-        algorithm.load_state_dict(state["algorithm"])
-        eval_before = state.get("eval_before", {})
-        ckpt.set_rng_state(state["rng"])
+        start_step, eval_before = ckpt.restore(resume_from, learner, sampler, algorithm)
         console.print(f"[bold]resumed[/] from {resume_from} at step {start_step}")
     sync.push(start_step)  # the rollout actors start from the learner's weights (fresh LoRA init or resumed)
     writer = MetricsWriter(run_dir, cfg.logging.tensorboard, resume_step=start_step if resume_from else None)
 
-    def run_eval(tag: str) -> dict[str, float]:
-        t0 = time.perf_counter()
-        m = evaluate(rollout, eval_data, rewards, tokenizer, max_new_tokens=cfg.rollout.max_new_tokens,
-                     pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
-                     seed=cfg.seed + 7919, tag=tag)
-        m["timing_s/testing"] = time.perf_counter() - t0
-        return m
+    run_eval = held_out_evaluator(cfg, rollout, eval_data, rewards, tokenizer)
 
     if resume_from is None:
         eval_before = run_eval("eval/step0")

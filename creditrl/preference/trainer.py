@@ -205,12 +205,7 @@ def train_preference(cfg: RecipeConfig, console=None) -> PreferenceResult:
     start_step, eval_before = 0, {}
     resume_from = ckpt.resolve_resume(cfg.checkpoint.resume, run_dir)
     if resume_from is not None:
-        learner.load(resume_from)
-        state = ckpt.load_trainer_state(resume_from)
-        start_step = state["step"]
-        sampler.load_state_dict(state["sampler"])
-        eval_before = state.get("eval_before", {})
-        ckpt.set_rng_state(state["rng"])
+        start_step, eval_before = ckpt.restore(resume_from, learner, sampler)
         console.print(f"[bold]resumed[/] from {resume_from} at step {start_step}")
     writer = MetricsWriter(run_dir, cfg.logging.tensorboard, resume_step=start_step if resume_from else None)
     if resume_from is None:

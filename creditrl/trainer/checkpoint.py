@@ -98,3 +98,18 @@ def resolve_resume(resume: str, run_dir: Path) -> Path | None:
 
 def load_trainer_state(path: Path) -> dict:
     return torch.load(path / "trainer_state.pt", weights_only=False)
+
+
+def restore(resume_from: Path, learner, sampler, algorithm=None) -> tuple[int, dict]:
+    """Load a checkpoint into the learner, the data sampler, the algorithm state and the RNGs.
+
+    Returns (step of the checkpoint, the evaluation made before training). The caller must then make the
+    rollout engines use the loaded weights before the first generation.
+    """
+    learner.load(resume_from)
+    state = load_trainer_state(resume_from)
+    sampler.load_state_dict(state["sampler"])
+    if algorithm is not None:
+        algorithm.load_state_dict(state["algorithm"])
+    set_rng_state(state["rng"])
+    return state["step"], state.get("eval_before", {})

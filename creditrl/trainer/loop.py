@@ -73,6 +73,29 @@ def load_tokenizer(path: str):
     return tok
 
 
+def load_run_data(cfg: RecipeConfig):
+    """(tokenizer, train prompts, eval prompts capped at eval.max_prompts, prompt sampler) of a recipe."""
+    tokenizer = load_tokenizer(cfg.model.path)
+    train_data, eval_data = load_prompt_datasets(cfg.data, tokenizer, cfg.seed)
+    if cfg.eval.max_prompts and len(eval_data) > cfg.eval.max_prompts:
+        eval_data.rows = eval_data.rows[: cfg.eval.max_prompts]
+    return tokenizer, train_data, eval_data, PromptSampler(len(train_data), cfg.seed, cfg.data.shuffle)
+
+
+def held_out_evaluator(cfg: RecipeConfig, engine, eval_data, rewards: RewardManager, tokenizer):
+    """A function tag -> held-out metrics (greedy accuracy, pass@k, time taken) for the recipe's settings."""
+
+    def run_eval(tag: str) -> dict[str, float]:
+        t0 = time.perf_counter()
+        m = evaluate(engine, eval_data, rewards, tokenizer, max_new_tokens=cfg.rollout.max_new_tokens,
+                     pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
+                     seed=cfg.seed + 7919, tag=tag)
+        m["timing_s/testing"] = time.perf_counter() - t0
+        return m
+
+    return run_eval
+
+
 def score_rollout(out: RolloutOutput, prompts: list, tokenizer, rewards: RewardManager, step: int):
     texts = tokenizer.batch_decode(out.response_ids, skip_special_tokens=True)
     samples = [RewardSample(f"step{step}/p{out.prompt_index[j]}/s{j}", prompts[out.prompt_index[j]].prompt, texts[j],
@@ -172,11 +195,7 @@ def train(cfg: RecipeConfig, console=None) -> TrainResult:
     (run_dir / "config.yaml").write_text(config_yaml)
     seed_everything(cfg.seed)
 
-    tokenizer = load_tokenizer(cfg.model.path)
-    train_data, eval_data = load_prompt_datasets(cfg.data, tokenizer, cfg.seed)
-    if cfg.eval.max_prompts and len(eval_data) > cfg.eval.max_prompts:
-        eval_data.rows = eval_data.rows[: cfg.eval.max_prompts]
-    sampler = PromptSampler(len(train_data), cfg.seed, cfg.data.shuffle)
+    tokenizer, train_data, eval_data, sampler = load_run_data(cfg)
     algorithm = Algorithm(cfg.algorithm)
     rewards = RewardManager.from_config(cfg.reward)
     learner = LocalLearner(cfg, algorithm, count_optimizer_steps(cfg), tokenizer.pad_token_id)
@@ -189,24 +208,12 @@ def train(cfg: RecipeConfig, console=None) -> TrainResult:
     eval_before: dict[str, float] = {}
     resume_from = ckpt.resolve_resume(cfg.checkpoint.resume, run_dir)
     if resume_from is not None:
-        learner.load(resume_from)
-        state = ckpt.load_trainer_state(resume_from)
-        start_step = state["step"]
-        sampler.load_state_dict(state["sampler"])
-        algorithm.load_state_dict(state["algorithm"])
-        eval_before = state.get("eval_before", {})
-        ckpt.set_rng_state(state["rng"])
+        start_step, eval_before = ckpt.restore(resume_from, learner, sampler, algorithm)
         engine.set_version(start_step)  # weights were loaded in place: the rollout sees them before generating
         console.print(f"[bold]resumed[/] from {resume_from} at step {start_step}")
     writer = MetricsWriter(run_dir, cfg.logging.tensorboard, resume_step=start_step if resume_from else None)
 
-    def run_eval(tag: str) -> dict[str, float]:
-        t0 = time.perf_counter()
-        m = evaluate(engine, eval_data, rewards, tokenizer, max_new_tokens=cfg.rollout.max_new_tokens,
-                     pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
-                     seed=cfg.seed + 7919, tag=tag)
-        m["timing_s/testing"] = time.perf_counter() - t0
-        return m
+    run_eval = held_out_evaluator(cfg, engine, eval_data, rewards, tokenizer)
 
     if resume_from is None:
         eval_before = run_eval("eval/step0")
