@@ -244,6 +244,10 @@ def _pct(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{100 * x:.1f}%"
 
 
+def _num(x: float, digits: int) -> str:
+    return "not logged" if math.isnan(x) else f"{x:.{digits}f}"
+
+
 def table(results: dict[str, list[RunResult]], k: int) -> list[str]:
     lines = [f"| method | seeds | greedy acc step 0 | final greedy acc | final pass@{k} | greedy acc, mean of evals "
              f"after step 0 | pass@{k}, mean of evals after step 0 | entropy, mean of last 10 steps | mean clip "
@@ -257,7 +261,7 @@ def table(results: dict[str, list[RunResult]], k: int) -> list[str]:
         lines.append(f"| {method} | {s['n_seeds']} | {_pct(s['start_acc'])} | {_pct(s['final_acc'])} | "
                      f"{_pct(s['final_pass'])} | "
                      f"{_pct(s['auc_acc'])} | {_pct(s['auc_pass'])} | "
-                     f"{s['entropy_last10']:.3f} | {s['clipfrac']:.4f} | {s['s_per_step']:.2f} |")
+                     f"{_num(s['entropy_last10'], 3)} | {_num(s['clipfrac'], 4)} | {_num(s['s_per_step'], 2)} |")
     return lines
 
 
