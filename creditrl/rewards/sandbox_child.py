@@ -131,7 +131,16 @@ def _build_filesystem(tmpfs_mb: int, python_paths: list[str]) -> None:
             # A mount hidden under another one (or a special file system) cannot be remounted; the unique
             # unprivileged uid still cannot write to it.
     _expose(python_paths)
+    # Library directories that live under the working directory's mount point (a virtualenv in /tmp, say) would
+    # vanish under the tmpfs: keep a handle on them and bind them back in, read-only.
+    under_workdir = [p for p in dict.fromkeys(python_paths) if os.path.isdir(p) and p.startswith(WORKDIR + "/")]
+    fds = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in under_workdir}
     _mount("tmpfs", WORKDIR, "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmpfs_mb}m,mode=1777")
+    for p, fd in fds.items():
+        os.makedirs(p, mode=0o755, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
+        _mount(None, p, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        os.close(fd)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
