@@ -33,7 +33,7 @@ from torch import Tensor
 from creditrl.algorithms.base import LossInputs, Metrics, masked_mean
 from creditrl.algorithms.covariance import CovMeans, covariance_means, token_covariance
 from creditrl.algorithms.registry import POLICY_LOSSES
-from creditrl.algorithms.token_scope import AllReduce, ScopedStats, check_scope, local_all_reduce, scope_count
+from creditrl.algorithms.token_scope import AllReduce, ScopedPart, ScopedStats, local_all_reduce, scope_count
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ class ClipCovConfig:
 
 
 @POLICY_LOSSES.register("clip_cov", ClipCovConfig)
-class ClipCov:
+class ClipCov(ScopedPart):
     """Clip-Cov: PPO clip loss with a few random high-covariance tokens detached (seeded)."""
 
     needs = frozenset()
@@ -152,24 +152,13 @@ class ClipCov:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self._stats = ScopedStats("clip_cov")
 
-    @property
-    def scope(self) -> str:
-        return self._stats.scope
-
-    @scope.setter
-    def scope(self, value: str) -> None:
-        self._stats.scope = check_scope(value)
-
-    def _compute(self, inputs: LossInputs, all_reduce: AllReduce) -> ClipCovScopeStats:
+    def _compute_stats(self, inputs: LossInputs, all_reduce: AllReduce) -> ClipCovScopeStats:
         c = self.cfg
         return clip_cov_scope_stats(inputs.logprobs, inputs.old_logprobs, inputs.advantages, inputs.mask, c.clip_low,
                                     c.clip_high, c.clip_cov_ratio, c.clip_cov_lb, c.clip_cov_ub, all_reduce)
 
-    def prepare(self, inputs: LossInputs, all_reduce: AllReduce = local_all_reduce) -> None:
-        self._stats.prepare(inputs, self._compute, all_reduce)
-
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, Metrics]:
         c = self.cfg
-        stats = None if self.scope == "micro_batch" else self._stats.get(inputs, self._compute)
+        stats = None if self.scope == "micro_batch" else self._stats.get(inputs, self._compute_stats)
         return clip_cov_loss(inputs.logprobs, inputs.old_logprobs, inputs.advantages, inputs.mask, c.clip_low,
                              c.clip_high, c.clip_cov_ratio, c.clip_cov_lb, c.clip_cov_ub, self.generator, stats)

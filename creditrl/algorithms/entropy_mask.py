@@ -29,7 +29,7 @@ from torch import Tensor
 from creditrl.algorithms.base import LossInputs, Metrics, masked_mean
 from creditrl.algorithms.registry import TOKEN_WEIGHTS
 from creditrl.algorithms.token_scope import (
-    AllReduce, ScopedStats, check_scope, kth_largest, local_all_reduce, scope_count,
+    AllReduce, ScopedPart, ScopedStats, kth_largest, local_all_reduce, scope_count,
 )
 
 
@@ -67,7 +67,7 @@ class HighEntropyMaskConfig:
 
 
 @TOKEN_WEIGHTS.register("high_entropy_mask", HighEntropyMaskConfig)
-class HighEntropyMask:
+class HighEntropyMask(ScopedPart):
     """80/20: keep only the top-rho tokens by current-policy entropy (arXiv 2506.01939)."""
 
     needs = frozenset({"entropy"})
@@ -76,21 +76,10 @@ class HighEntropyMask:
         self.cfg = cfg
         self._stats = ScopedStats("high_entropy_mask")
 
-    @property
-    def scope(self) -> str:
-        return self._stats.scope
-
-    @scope.setter
-    def scope(self, value: str) -> None:
-        self._stats.scope = check_scope(value)
-
     def _compute_stats(self, inputs: LossInputs, all_reduce: AllReduce) -> float | None:
         if inputs.entropy is None:
             raise ValueError("high_entropy_mask needs the policy entropy, but it was not computed")
         return entropy_threshold(inputs.entropy, inputs.mask, self.cfg.ratio, all_reduce)
-
-    def prepare(self, inputs: LossInputs, all_reduce: AllReduce = local_all_reduce) -> None:
-        self._stats.prepare(inputs, self._compute_stats, all_reduce)
 
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, Tensor | None, Metrics]:
         threshold = self._stats.get(inputs, self._compute_stats)

@@ -27,7 +27,7 @@ from creditrl.algorithms.hapo_entropy import (
     EntropyNormStats, HhatSign, entropy_norm_stats, normalized_entropy, validate_hapo_entropy_options,
 )
 from creditrl.algorithms.registry import POLICY_LOSSES
-from creditrl.algorithms.token_scope import AllReduce, ScopedStats, check_scope, local_all_reduce
+from creditrl.algorithms.token_scope import AllReduce, ScopedPart, ScopedStats
 
 
 def adaptive_clip_bounds(hhat: Tensor, clip_low: float, clip_high: float, alpha: float) -> tuple[Tensor, Tensor]:
@@ -91,7 +91,7 @@ class HapoClipConfig:
 
 
 @POLICY_LOSSES.register("hapo_clip", HapoClipConfig)
-class HapoClip:
+class HapoClip(ScopedPart):
     """HAPO asymmetric adaptive clipping: PPO dual clip with entropy-dependent per-token bounds."""
 
     needs = frozenset({"entropy"})
@@ -100,21 +100,10 @@ class HapoClip:
         self.cfg = cfg
         self._stats = ScopedStats("hapo_clip")
 
-    @property
-    def scope(self) -> str:
-        return self._stats.scope
-
-    @scope.setter
-    def scope(self, value: str) -> None:
-        self._stats.scope = check_scope(value)
-
     def _compute_stats(self, inputs: LossInputs, all_reduce: AllReduce) -> EntropyNormStats | None:
         if inputs.entropy is None:
             raise ValueError("hapo_clip needs the policy entropy, but it was not computed")
         return entropy_norm_stats(inputs.entropy, inputs.mask, self.cfg.entropy_pivot, all_reduce)
-
-    def prepare(self, inputs: LossInputs, all_reduce: AllReduce = local_all_reduce) -> None:
-        self._stats.prepare(inputs, self._compute_stats, all_reduce)
 
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, Metrics]:
         c = self.cfg

@@ -29,7 +29,7 @@ from creditrl.algorithms.hapo_entropy import (
     EntropyNormStats, HhatSign, entropy_norm_stats, normalized_entropy, validate_hapo_entropy_options,
 )
 from creditrl.algorithms.registry import TOKEN_WEIGHTS
-from creditrl.algorithms.token_scope import AllReduce, ScopedStats, check_scope, local_all_reduce
+from creditrl.algorithms.token_scope import AllReduce, ScopedPart, ScopedStats
 
 
 def redistribution_weights(
@@ -66,7 +66,7 @@ class HapoRedistributionConfig:
 
 
 @TOKEN_WEIGHTS.register("hapo_redistribution", HapoRedistributionConfig)
-class HapoRedistribution:
+class HapoRedistribution(ScopedPart):
     """HAPO differential advantage redistribution as a token weight (1 or 1 + beta h_hat)."""
 
     needs = frozenset({"entropy"})
@@ -75,21 +75,10 @@ class HapoRedistribution:
         self.cfg = cfg
         self._stats = ScopedStats("hapo_redistribution")
 
-    @property
-    def scope(self) -> str:
-        return self._stats.scope
-
-    @scope.setter
-    def scope(self, value: str) -> None:
-        self._stats.scope = check_scope(value)
-
     def _compute_stats(self, inputs: LossInputs, all_reduce: AllReduce) -> EntropyNormStats | None:
         if inputs.entropy is None:
             raise ValueError("hapo_redistribution needs the policy entropy, but it was not computed")
         return entropy_norm_stats(inputs.entropy, inputs.mask, self.cfg.entropy_pivot, all_reduce)
-
-    def prepare(self, inputs: LossInputs, all_reduce: AllReduce = local_all_reduce) -> None:
-        self._stats.prepare(inputs, self._compute_stats, all_reduce)
 
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, Tensor | None, Metrics]:
         c = self.cfg

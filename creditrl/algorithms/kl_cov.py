@@ -28,7 +28,7 @@ from torch import Tensor
 from creditrl.algorithms.base import LossInputs, Metrics, masked_mean
 from creditrl.algorithms.covariance import CovMeans, covariance_means, token_covariance
 from creditrl.algorithms.registry import POLICY_LOSSES
-from creditrl.algorithms.token_scope import AllReduce, ScopedStats, check_scope, kth_largest, local_all_reduce
+from creditrl.algorithms.token_scope import AllReduce, ScopedPart, ScopedStats, kth_largest, local_all_reduce
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class KLCovConfig:
 
 
 @POLICY_LOSSES.register("kl_cov", KLCovConfig)
-class KLCov:
+class KLCov(ScopedPart):
     """KL-Cov: unclipped policy gradient with a |log-ratio| penalty on the top-covariance tokens."""
 
     needs = frozenset()
@@ -110,21 +110,10 @@ class KLCov:
         self.cfg = cfg
         self._stats = ScopedStats("kl_cov")
 
-    @property
-    def scope(self) -> str:
-        return self._stats.scope
-
-    @scope.setter
-    def scope(self, value: str) -> None:
-        self._stats.scope = check_scope(value)
-
-    def _compute(self, inputs: LossInputs, all_reduce: AllReduce) -> KLCovScopeStats:
+    def _compute_stats(self, inputs: LossInputs, all_reduce: AllReduce) -> KLCovScopeStats:
         return kl_cov_scope_stats(inputs.logprobs, inputs.advantages, inputs.mask, self.cfg.kl_cov_ratio, all_reduce)
 
-    def prepare(self, inputs: LossInputs, all_reduce: AllReduce = local_all_reduce) -> None:
-        self._stats.prepare(inputs, self._compute, all_reduce)
-
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, Metrics]:
-        stats = None if self.scope == "micro_batch" else self._stats.get(inputs, self._compute)
+        stats = None if self.scope == "micro_batch" else self._stats.get(inputs, self._compute_stats)
         return kl_cov_loss(inputs.logprobs, inputs.old_logprobs, inputs.advantages, inputs.mask,
                            self.cfg.kl_cov_ratio, self.cfg.ppo_kl_coef, stats)

@@ -44,7 +44,7 @@ from torch import Tensor
 from creditrl.algorithms.base import LossInputs, Metrics, masked_mean
 from creditrl.algorithms.registry import REGULARIZERS
 from creditrl.algorithms.token_scope import (
-    AllReduce, ScopedStats, check_scope, kth_smallest, local_all_reduce, scope_count,
+    AllReduce, ScopedPart, ScopedStats, kth_smallest, local_all_reduce, scope_count,
 )
 
 PROXY_EXTRA = "old_proxy_logp"  # extras key: the kernel's `proxy_logp` output of the old-log-prob pass
@@ -150,7 +150,7 @@ class LpRegConfig:
 
 
 @REGULARIZERS.register("lp_reg", LpRegConfig)
-class LpReg:
+class LpReg(ScopedPart):
     """Lp-Reg: replace the loss of low-probability negative tokens by -A r + beta k3(pi~ / pi) (arXiv 2510.03222)."""
 
     needs = frozenset({PROXY_EXTRA})
@@ -163,20 +163,9 @@ class LpReg:
         self.kernel_options: dict = {"lp_reg": {"threshold": cfg.threshold, "rule": cfg.rule,
                                                 "threshold_temperature": 1.0, "soft": False}}
 
-    @property
-    def scope(self) -> str:
-        return self._stats.scope
-
-    @scope.setter
-    def scope(self, value: str) -> None:
-        self._stats.scope = check_scope(value)
-
     def _compute_stats(self, inputs: LossInputs, all_reduce: AllReduce) -> LpRegStats:
         c = self.cfg
         return lp_reg_stats(inputs.logprobs, inputs.advantages, inputs.mask, c.neg_ratio, c.pos_ratio, all_reduce)
-
-    def prepare(self, inputs: LossInputs, all_reduce: AllReduce = local_all_reduce) -> None:
-        self._stats.prepare(inputs, self._compute_stats, all_reduce)
 
     def __call__(self, inputs: LossInputs, loss: Tensor) -> tuple[Tensor, Metrics]:
         proxy = inputs.extras.get(PROXY_EXTRA)

@@ -27,7 +27,7 @@ from torch import Tensor
 from creditrl.algorithms.base import LossInputs, Metrics, masked_mean
 from creditrl.algorithms.hidden_reward import GroupHiddenReward, score_loss_inputs, scope_group_rewards
 from creditrl.algorithms.registry import TOKEN_WEIGHTS
-from creditrl.algorithms.token_scope import AllReduce, ScopedStats, check_scope, local_all_reduce
+from creditrl.algorithms.token_scope import AllReduce, ScopedPart, ScopedStats
 
 EtaRule = Literal["balanced", "success_rate", "failure_rate"]
 
@@ -60,7 +60,7 @@ class NTHRConfig:
 
 
 @TOKEN_WEIGHTS.register("nthr", NTHRConfig)
-class NTHRWeight:
+class NTHRWeight(ScopedPart):
     """NTHR selective token penalisation: eta-scaled advantage on negative tokens similar to correct ones."""
 
     needs = frozenset({"old_hidden", "response_ids"})
@@ -69,19 +69,8 @@ class NTHRWeight:
         self.cfg = cfg
         self._stats = ScopedStats("nthr")
 
-    @property
-    def scope(self) -> str:
-        return self._stats.scope
-
-    @scope.setter
-    def scope(self, value: str) -> None:
-        self._stats.scope = check_scope(value)
-
     def _compute_stats(self, inputs: LossInputs, all_reduce: AllReduce) -> dict[int, GroupHiddenReward]:
         return scope_group_rewards(inputs, self.cfg.beta, "nthr")  # per group: a group lives on one rank
-
-    def prepare(self, inputs: LossInputs, all_reduce: AllReduce = local_all_reduce) -> None:
-        self._stats.prepare(inputs, self._compute_stats, all_reduce)
 
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, Tensor | None, Metrics]:
         groups = self._stats.get(inputs, self._compute_stats)

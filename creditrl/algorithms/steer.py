@@ -37,7 +37,7 @@ from torch import Tensor
 from creditrl.algorithms.base import LossInputs, Metrics, masked_mean
 from creditrl.algorithms.registry import TOKEN_WEIGHTS
 from creditrl.algorithms.token_scope import (
-    AllReduce, ScopedStats, check_scope, local_all_reduce, scope_count, scope_max, scope_min,
+    AllReduce, ScopedPart, ScopedStats, local_all_reduce, scope_count, scope_max, scope_min,
 )
 
 
@@ -110,7 +110,7 @@ class SteerConfig:
 
 
 @TOKEN_WEIGHTS.register("steer", SteerConfig)
-class SteerWeight:
+class SteerWeight(ScopedPart):
     """STEER entropy-change-aware token weights (arXiv 2510.10150); needs the old-pass entropy."""
 
     needs = frozenset({"old_entropy"})
@@ -119,14 +119,6 @@ class SteerWeight:
         self.cfg = cfg
         self._stats = ScopedStats("steer")
 
-    @property
-    def scope(self) -> str:
-        return self._stats.scope
-
-    @scope.setter
-    def scope(self, value: str) -> None:
-        self._stats.scope = check_scope(value)
-
     def _omega(self, inputs: LossInputs) -> Tensor:
         if inputs.old_entropy is None:
             raise ValueError("steer needs the old-policy entropy (old_entropy), but it was not computed")
@@ -134,9 +126,6 @@ class SteerWeight:
 
     def _compute_stats(self, inputs: LossInputs, all_reduce: AllReduce) -> SteerStats:
         return steer_stats(self._omega(inputs), inputs.mask, all_reduce)
-
-    def prepare(self, inputs: LossInputs, all_reduce: AllReduce = local_all_reduce) -> None:
-        self._stats.prepare(inputs, self._compute_stats, all_reduce)
 
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, Tensor | None, Metrics]:
         omega = self._omega(inputs)

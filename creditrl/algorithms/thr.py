@@ -46,7 +46,7 @@ from torch import Tensor
 from creditrl.algorithms.base import LossInputs, Metrics, masked_mean
 from creditrl.algorithms.hidden_reward import GroupHiddenReward, score_loss_inputs, scope_group_rewards
 from creditrl.algorithms.registry import TOKEN_WEIGHTS
-from creditrl.algorithms.token_scope import AllReduce, ScopedStats, check_scope, local_all_reduce
+from creditrl.algorithms.token_scope import AllReduce, ScopedPart, ScopedStats
 
 
 def thr_values(scores: Tensor, advantages: Tensor, scored: Tensor) -> Tensor:
@@ -84,7 +84,7 @@ class THRConfig:
 
 
 @TOKEN_WEIGHTS.register("thr", THRConfig)
-class THRWeight:
+class THRWeight(ScopedPart):
     """THR token hidden reward reweighting (arXiv 2510.03669; [RECON], see the module docstring)."""
 
     needs = frozenset({"old_hidden", "response_ids"})
@@ -93,19 +93,8 @@ class THRWeight:
         self.cfg = cfg
         self._stats = ScopedStats("thr")
 
-    @property
-    def scope(self) -> str:
-        return self._stats.scope
-
-    @scope.setter
-    def scope(self, value: str) -> None:
-        self._stats.scope = check_scope(value)
-
     def _compute_stats(self, inputs: LossInputs, all_reduce: AllReduce) -> dict[int, GroupHiddenReward]:
         return scope_group_rewards(inputs, self.cfg.beta, "thr")  # per group: a group lives on one rank
-
-    def prepare(self, inputs: LossInputs, all_reduce: AllReduce = local_all_reduce) -> None:
-        self._stats.prepare(inputs, self._compute_stats, all_reduce)
 
     def __call__(self, inputs: LossInputs) -> tuple[Tensor, Tensor | None, Metrics]:
         groups = self._stats.get(inputs, self._compute_stats)

@@ -154,3 +154,24 @@ class ScopedStats:
             )
         return self._stored
 
+
+
+class ScopedPart:
+    """Mixin for a part whose statistics follow `token_stat_scope`.
+
+    The part sets `self._stats = ScopedStats(name)` and defines `_compute_stats(inputs, all_reduce)`; compose sets
+    `scope`, and the learner calls `prepare` for the mini_batch / global scopes.
+    """
+
+    _stats: ScopedStats
+
+    @property
+    def scope(self) -> str:
+        return self._stats.scope
+
+    @scope.setter
+    def scope(self, value: str) -> None:
+        self._stats.scope = check_scope(value)
+
+    def prepare(self, inputs, all_reduce: AllReduce = local_all_reduce) -> None:
+        self._stats.prepare(inputs, self._compute_stats, all_reduce)
