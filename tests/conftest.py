@@ -17,6 +17,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+def _triton_interpreter_first() -> None:
+    """Without a GPU, Triton kernels run in its CPU interpreter, which is chosen when a function is decorated:
+    for triton's own `triton.language` helpers too. Set it and import triton here, before any test module
+    (or a library a test imports) can import triton with the interpreter off; a later test that sets
+    TRITON_INTERPRET=0 (test_dispatch) then cannot leave half of triton interpreted and half compiled."""
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() or importlib.util.find_spec("triton") is None:
+        return
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    import triton.language  # noqa: F401
+
+    import creditrl.kernels.triton_kernels  # noqa: F401
+
+
+_triton_interpreter_first()
+
+
 def pytest_collection_modifyitems(config, items):
     """GPU tests skip cleanly without CUDA."""
     import torch

@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
-import torch
 from torch import Tensor
 
 Metrics = dict[str, Tensor | float]

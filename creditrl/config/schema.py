@@ -158,6 +158,9 @@ class ResourcesConfig:
     placement: Literal["colocated", "disaggregated"] = "colocated"  # share bundles (GPU: fractional) or not
     cpus_per_actor: float = 0.5  # Ray num_cpus of each actor (logical: 2-core CI machines oversubscribe)
     rollout_gpu_fraction: float = 0.4  # colocated GPU share of a rollout actor (the learner gets the rest)
+    # learner -> rollout weight transport: auto = broadcast (gloo on CPU, NCCL on disaggregated GPUs), cuda_ipc
+    # on colocated GPUs, object_store with LoRA (adapter-only); creditrl/distributed/weight_sync.py
+    weight_sync: Literal["auto", "object_store", "broadcast", "cuda_ipc"] = "auto"
     weight_sync_bucket_mb: int = 256  # bytes per weight-sync bucket (ZeRO-3 gathers bucket by bucket)
     call_timeout_s: float = 600.0  # per-call timeout on every actor RPC
     comm_timeout_s: int = 600  # torch.distributed (gloo/NCCL) collective timeout of the learner group
@@ -175,6 +178,15 @@ class ResourcesConfig:
             raise ValueError(f"resources.cpus_per_actor must be > 0, got {self.cpus_per_actor}")
         if self.call_timeout_s <= 0 or self.comm_timeout_s <= 0:
             raise ValueError("resources.call_timeout_s and resources.comm_timeout_s must be > 0")
+        if self.weight_sync == "cuda_ipc" and not (self.use_gpu and self.placement == "colocated"):
+            raise ValueError("resources.weight_sync=cuda_ipc needs resources.use_gpu=true and "
+                             "resources.placement=colocated (CUDA IPC shares memory on one GPU); use broadcast "
+                             "or object_store, or leave it at auto")
+        if self.weight_sync == "broadcast" and self.use_gpu and self.placement == "colocated":
+            raise ValueError("resources.weight_sync=broadcast with use_gpu and colocated placement would put two "
+                             "NCCL ranks on one GPU, which NCCL rejects; use cuda_ipc (or auto) when colocated")
+        if self.weight_sync_bucket_mb < 1:
+            raise ValueError(f"resources.weight_sync_bucket_mb must be >= 1, got {self.weight_sync_bucket_mb}")
 
 
 @dataclass
@@ -241,6 +253,9 @@ class RecipeConfig:
     def __post_init__(self):
         if self.algorithm.loss_agg == "seq-mean-token-sum-norm" and self.algorithm.loss_agg_norm_len is None:
             self.algorithm.loss_agg_norm_len = self.rollout.max_new_tokens
+        if self.model.lora.enabled and self.resources.weight_sync == "cuda_ipc":
+            raise ValueError("resources.weight_sync=cuda_ipc sends full weights; with model.lora.enabled the "
+                             "adapters are synced alone: use resources.weight_sync=auto (object_store) or broadcast")
 
     @property
     def run_dir(self) -> str:

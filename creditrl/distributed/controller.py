@@ -23,12 +23,12 @@ from creditrl.distributed.learner_group import LearnerGroup
 from creditrl.distributed.placement import make_placement
 from creditrl.distributed.ray_runtime import init_ray
 from creditrl.distributed.rollout_group import RolloutGroup
-from creditrl.distributed.weight_sync import WeightSync
+from creditrl.distributed.weight_sync import WeightSync, make_weight_sync
 from creditrl.rewards import RewardManager
 from creditrl.trainer import checkpoint as ckpt
 from creditrl.trainer.learner import count_optimizer_steps
 from creditrl.trainer.loop import (TrainResult, _adv_inputs, _eval_line, generate_and_score, held_out_evaluator,
-                                   load_run_data, seed_everything)
+                                   load_run_data, perf_metrics, seed_everything)
 from creditrl.trainer.metrics import MetricsWriter, summary_line
 from creditrl.trainer.progress import StepProgress
 
@@ -63,7 +63,8 @@ def train_distributed(cfg: RecipeConfig, console=None,
     try:
         learner = LearnerGroup(cfg, count_optimizer_steps(cfg), tokenizer.pad_token_id, placement.learner)
         rollout = RolloutGroup(cfg, placement.rollout, tokenizer.pad_token_id, tokenizer.eos_token_id)
-        sync = WeightSync(learner, rollout, rc.weight_sync_bucket_mb << 20, adapter_only=cfg.model.lora.enabled)
+        sync = make_weight_sync(cfg, learner, rollout)
+        log.info("weight sync: %s", sync.name)
         return _run(cfg, console, run_dir, config_yaml, tokenizer, train_data, eval_data, sampler, algorithm,
                     rewards, learner, rollout, sync, on_step_start)
     finally:
@@ -131,18 +132,8 @@ def _run(cfg, console, run_dir, config_yaml, tokenizer, train_data, eval_data, s
 
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step != total:
                 metrics.update(run_eval(f"eval/step{step}"))
-            step_time = time.perf_counter() - t_step
-            response_tokens = float(batch.mask.sum())
-            n_tokens = response_tokens + sum(len(p) for p in batch.prompt_ids)
-            metrics["perf/tokens_per_s"] = n_tokens / step_time
-            metrics["perf/rollout_tokens_per_s"] = response_tokens / max(timing["gen"], 1e-9)
-            metrics["perf/learner_tokens_per_s"] = n_tokens / max(timing["old_log_prob"] + timing["update_actor"],
-                                                                  1e-9)
-            metrics["perf/weight_version"] = float(batch.weight_version)
-            metrics["train/samples"] = float(len(batch))
+            metrics.update(perf_metrics(batch, timing, time.perf_counter() - t_step))
             metrics["rollout/actor_restarts"] = float(rollout.restarts - restarts_before)
-            metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
-            metrics["timing_s/step"] = step_time
 
             if step == total or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
                 t0 = time.perf_counter()

@@ -34,6 +34,7 @@ from creditrl.algorithms.base import AggregationNorm, LossInputs
 from creditrl.config.schema import RecipeConfig
 from creditrl.distributed.dp_split import MiniPlan
 from creditrl.distributed.ds_config import deepspeed_config
+from creditrl.distributed.broadcast import TensorMeta, make_group, make_store, send_buckets
 from creditrl.distributed.weight_sync import ObjectStoreTransport, is_adapter_tensor, plan_buckets_by_numel
 from creditrl.trainer.batch import RolloutBatch, make_micro_batch, partition_by_tokens
 from creditrl.trainer.learner import load_causal_lm
@@ -101,6 +102,8 @@ class DeepSpeedLearnerWorker:
         self.engine, _, _, _ = deepspeed.initialize(model=self.module, optimizer=optimizer, lr_scheduler=scheduler,
                                                     model_parameters=params, config=deepspeed_config(cfg))
         self.skipped_microbatches = 0
+        self._sync_store = self._sync_group = self._ipc = None  # weight-sync state (rank 0 / colocated GPU)
+        self._sync_host, self._sync_groups_built = "", 0
         log.info("learner rank %d/%d up on %s (ZeRO-%d)", rank, world_size, socket.gethostname(), rc.zero_stage)
 
     # ---- setup -------------------------------------------------------------------------------------------
@@ -285,20 +288,86 @@ class DeepSpeedLearnerWorker:
             named = [(n, p) for n, p in named if is_adapter_tensor(n)]
         return named
 
+    def _bucket_plan(self, bucket_bytes: int, adapter_only: bool) -> list[list[tuple[str, torch.nn.Parameter]]]:
+        """The sync's buckets of (name, parameter), sized by the FULL parameter sizes (the same on every rank,
+        so the ZeRO-3 gathers line up)."""
+        named = self._sync_params(adapter_only)
+        elem = max((p.element_size() for _, p in named), default=4)
+        return [[named[i] for i in idx]
+                for idx in plan_buckets_by_numel([_param_full_numel(p) for _, p in named], elem, bucket_bytes)]
+
+    def _gathered(self, chunk: list[tuple[str, torch.nn.Parameter]]):
+        """Yield the chunk's full tensors on rank 0 (None elsewhere) inside one ZeRO-3 gather (all ranks)."""
+        with self._gather([p for _, p in chunk]):
+            yield {n: p.detach() for n, p in chunk} if self.rank == 0 else None
+
+    def _iter_gathered(self, bucket_bytes: int, adapter_only: bool):
+        for chunk in self._bucket_plan(bucket_bytes, adapter_only):
+            yield from self._gathered(chunk)
+
+    def weight_manifest(self, bucket_bytes: int, adapter_only: bool) -> list:
+        """Names, full shapes and dtypes of every bucket (`broadcast.Manifest`); no communication."""
+        return [tuple(TensorMeta(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype) for n, p in chunk)
+                for chunk in self._bucket_plan(bucket_bytes, adapter_only)]
+
     def weight_buckets(self, bucket_bytes: int, adapter_only: bool) -> list:
         """Object-store buckets of the current weights (rank 0 returns the refs; every rank must call)."""
+        transport = ObjectStoreTransport()
+        refs = [transport.pack(b) for b in self._iter_gathered(bucket_bytes, adapter_only) if b is not None]
+        return [refs] if self.rank == 0 else []  # wrapped: a bare list of refs would be resolved by ray.get
+
+    # ---- broadcast weight sync (rank 0 is rank 0 of the sync group; creditrl/distributed/broadcast.py) -----
+    def open_sync_store(self, timeout_s: float) -> tuple[str, int, str]:
+        """Rank 0: host the sync groups' TCPStore on a free port (one store for every group this rank builds)
+        and name the next group: (host, port, key prefix). Prefixes never repeat, so a rebuilt group cannot
+        read an earlier group's rendezvous keys."""
         import ray
 
-        named = self._sync_params(adapter_only)
-        transport = ObjectStoreTransport()
-        elem = max((p.element_size() for _, p in named), default=4)
-        refs = []
-        for idx in plan_buckets_by_numel([_param_full_numel(p) for _, p in named], elem, bucket_bytes):
-            chunk = [named[i] for i in idx]
-            with self._gather([p for _, p in chunk]):
-                if self.rank == 0:
-                    refs.append(transport.pack({n: p.detach().cpu() for n, p in chunk}))
-        return [refs] if self.rank == 0 else []  # wrapped: a bare list of refs would be resolved by ray.get
+        if self._sync_store is None:
+            self._sync_host = ray.util.get_node_ip_address()
+            self._sync_store = make_store(self._sync_host, timeout_s)
+        self._sync_groups_built += 1
+        return self._sync_host, self._sync_store.port, f"creditrl-sync-{self._sync_groups_built}"
+
+    def init_sync_group(self, backend: str, prefix: str, world_size: int, timeout_s: float) -> None:
+        """Rank 0: join the sync group as its sender (blocks until every rollout engine has joined)."""
+        self._sync_group = make_group(backend, self._sync_store, prefix, 0, world_size, timeout_s)
+
+    def broadcast_weights(self, bucket_bytes: int, adapter_only: bool, manifest: list) -> dict:
+        """All ranks (ZeRO-3 gathers); rank 0 broadcasts each bucket while the next one is gathered.
+
+        A failed broadcast (a receiver died) is reported, not raised: rank 0 still walks through the remaining
+        gathers so the other ranks are not left waiting in a collective.
+        """
+        buckets = self._iter_gathered(bucket_bytes, adapter_only)
+        if self.rank != 0:
+            for _ in buckets:
+                pass
+            return {"ok": True, "bytes": 0}
+        try:
+            return {"ok": True, "bytes": send_buckets(self._sync_group, buckets, manifest, self.device)}
+        except Exception as exc:  # gloo/NCCL error or timeout: the group is broken, the controller rebuilds it
+            for _ in buckets:
+                pass
+            self._sync_group = None
+            log.warning("weight-sync broadcast failed: %s", exc)
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    # ---- CUDA IPC weight sync (colocated GPU; creditrl/distributed/gpu_transport.py) ----------------------
+    def ipc_bucket(self, k: int, bucket_bytes: int, adapter_only: bool):
+        """Bucket k gathered on every rank and shared by a CUDA IPC handle (each rank for its own GPU)."""
+        from creditrl.distributed.gpu_transport import CudaIpcTransport
+
+        if self._ipc is None:
+            self._ipc = CudaIpcTransport()
+        chunk = self._bucket_plan(bucket_bytes, adapter_only)[k]
+        with self._gather([p for _, p in chunk]):
+            return self._ipc.pack({n: p.detach() for n, p in chunk})
+
+    def release_ipc(self) -> None:
+        """Free the shared buffers once every engine has loaded them."""
+        if self._ipc is not None:
+            self._ipc.release()
 
     def full_state(self, adapter_only: bool) -> dict[str, Tensor] | None:
         """All (or adapter) weights, gathered; rank 0 returns them, others None (every rank must call)."""

@@ -45,13 +45,6 @@ class CudaIpcTransport:
             return {}
         rebuild, args = handle["buffer"]
         buffer = rebuild(*args)
-        return {name: buffer[off: off + n].view(dtype).view(shape).clone()
+        # clone the bytes, then view: an offset into the buffer is not aligned for every dtype
+        return {name: buffer[off: off + n].clone().view(dtype).view(shape)
                 for name, shape, dtype, off, n in handle["meta"]}
-
-
-def make(name: str):
-    if name == "cuda_ipc":
-        return CudaIpcTransport()
-    raise NotImplementedError(
-        f"weight-sync transport '{name}' is not implemented yet: disaggregated GPU placement uses object_store "
-        f"(Ray object transfer) until the NCCL broadcast transport lands (see docs/distributed.md)")

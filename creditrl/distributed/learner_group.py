@@ -60,20 +60,28 @@ class LearnerGroup:
         self.infos = [{"rank": r} for r in range(self.world)]
         self.infos = self._call_all("info", call="startup")
         self._plans: tuple[RolloutBatch, list[MiniPlan]] | None = None
+        self._pending: tuple[str, dict] | None = None  # a call started by start_* (weight sync), for finish()
         log.info("learner group: %d ranks on %s", self.world, sorted({i["node_ip"] for i in self.infos}))
 
     # ---- calls -------------------------------------------------------------------------------------------
-    def _call_all(self, method: str, *args, call: str | None = None) -> list:
-        """Call `method` on every rank and wait; any failure -> LearnerFailure naming the rank and node."""
+    def _call_all(self, method: str, *args, call: str | None = None, ranks: list[int] | None = None) -> list:
+        """Call `method` on every rank (or `ranks`) and wait; any failure -> LearnerFailure naming the rank."""
+        return self._wait(self._start(method, *args, ranks=ranks), call or method)
+
+    def _start(self, method: str, *args, ranks: list[int] | None = None) -> dict:
+        """Start `method` on the ranks without waiting: {rank: ObjectRef} for `_wait`."""
+        ranks = list(range(self.world)) if ranks is None else ranks
+        return {r: getattr(self.actors[r], method).remote(*args) for r in ranks}
+
+    def _wait(self, refs: dict, call: str) -> list:
         import ray
 
-        refs = [getattr(a, method).remote(*args) for a in self.actors]
-        results = [None] * len(refs)
-        for rank, ref in enumerate(refs):
+        results = []
+        for rank, ref in refs.items():
             try:
-                results[rank] = ray.get(ref, timeout=self.timeout)
+                results.append(ray.get(ref, timeout=self.timeout))
             except (ray.exceptions.RayError, TimeoutError) as exc:
-                msg = describe_failure("learner", self.infos[rank], call or method, exc, RESUME_HINT)
+                msg = describe_failure("learner", self.infos[rank], call, exc, RESUME_HINT)
                 log.error(msg)
                 raise LearnerFailure(msg) from exc
         return results
@@ -145,9 +153,39 @@ class LearnerGroup:
     def adapter_weights(self) -> dict[str, Tensor]:
         return self._call_all("full_state", True, call="adapter_weights")[0]
 
+    # ---- weight sync (creditrl/distributed/weight_sync.py drives these) -----------------------------------
     def weight_buckets(self, bucket_bytes: int, adapter_only: bool) -> list:
         """Object refs of the weight buckets (gathered in lockstep on every rank, put by rank 0)."""
         return self._call_all("weight_buckets", bucket_bytes, adapter_only, call="weight sync")[0][0]
+
+    def weight_manifest(self, bucket_bytes: int, adapter_only: bool) -> list:
+        return self._call_all("weight_manifest", bucket_bytes, adapter_only, ranks=[0])[0]
+
+    def open_sync_store(self, timeout_s: float) -> tuple[str, int, str]:
+        return self._call_all("open_sync_store", timeout_s, ranks=[0])[0]
+
+    def start_sync_group(self, backend: str, prefix: str, world_size: int, timeout_s: float) -> None:
+        """Rank 0 joins the broadcast group (asynchronously: the rollout engines join meanwhile)."""
+        self._pending = ("join weight-sync group",
+                         self._start("init_sync_group", backend, prefix, world_size, timeout_s, ranks=[0]))
+
+    def start_broadcast(self, bucket_bytes: int, adapter_only: bool, manifest: list) -> None:
+        """Every rank walks the buckets (ZeRO-3 gathers), rank 0 broadcasts them; `finish` waits."""
+        self._pending = ("weight sync (broadcast)",
+                         self._start("broadcast_weights", bucket_bytes, adapter_only, manifest))
+
+    def finish(self):
+        """Wait for the call started by `start_*`; returns rank 0's result."""
+        call, refs = self._pending
+        self._pending = None
+        return self._wait(refs, call)[0]
+
+    def ipc_bucket(self, k: int, bucket_bytes: int, adapter_only: bool) -> list:
+        """Bucket k's CUDA IPC handle from every rank (index = rank)."""
+        return self._call_all("ipc_bucket", k, bucket_bytes, adapter_only, call=f"weight sync (IPC bucket {k})")
+
+    def release_ipc(self) -> None:
+        self._call_all("release_ipc", call="weight sync (IPC release)")
 
     def save(self, directory: Path) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)

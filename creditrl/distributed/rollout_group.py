@@ -6,8 +6,8 @@ sample `k % n` of prompt `k // n`). Each chunk gets its own sampling seed, drawn
 so a re-run of a chunk reproduces it.
 
 Fault handling (architecture.md §2.15): every call has a timeout. A chunk whose actor died or timed out is
-re-run: the actor is killed and restarted in the same slot, re-synced to the current weights (the last
-sync's buckets stay in the object store until the next sync), and given the same chunk with the same seed.
+re-run: the actor is killed and restarted in the same slot, re-synced to the current weights (`resync`, set
+by the WeightSync of creditrl/distributed/weight_sync.py), and given the same chunk with the same seed.
 Nothing is lost or duplicated: the step gets exactly one result per prompt. After
 `resources.max_rollout_restarts` restarts the run stops with an error that names the actor and node.
 """
@@ -41,17 +41,16 @@ def split_even(n_items: int, n_parts: int) -> list[tuple[int, int]]:
 
 
 class RolloutGroup:
-    def __init__(self, cfg: RecipeConfig, slots: list[Slot], pad_id: int, eos_id: int,
-                 transport: str = "object_store"):
+    def __init__(self, cfg: RecipeConfig, slots: list[Slot], pad_id: int, eos_id: int):
         import ray
 
         self.cfg, self.slots = cfg, slots
-        self.pad_id, self.eos_id, self.transport = pad_id, eos_id, transport
+        self.pad_id, self.eos_id = pad_id, eos_id
         self.timeout = cfg.resources.call_timeout_s
         self.max_restarts = cfg.resources.max_rollout_restarts
         self.restarts = 0
         self.weight_version = 0
-        self._sync_handles: list = []  # the last sync's buckets: replayed into restarted actors
+        self.resync: Callable[[int], None] | None = None  # set by the WeightSync: current weights -> actor i
         self._rng = random.Random(cfg.seed + 104729)
         self._remote = ray.remote(RolloutActor)
         self.actors = [self._start(i) for i in range(len(slots))]
@@ -60,7 +59,7 @@ class RolloutGroup:
 
     def _start(self, i: int):
         return self._remote.options(**self.slots[i].options, max_restarts=0).remote(
-            self.cfg, i, self.pad_id, self.eos_id, self.transport)
+            self.cfg, i, self.pad_id, self.eos_id)
 
     # ---- the RolloutEngine interface ---------------------------------------------------------------------
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> RolloutOutput:
@@ -85,10 +84,9 @@ class RolloutGroup:
         return out
 
     def update_weights_from(self, handles: list, version: int) -> None:
-        """Push one sync (transport handles, in order) to every actor; wait for all."""
+        """Push one object-store sync (bucket refs, in order) to every actor; wait for all."""
         import ray
 
-        self._sync_handles = handles
         refs = {i: a.update_weights.remote(handles, version) for i, a in enumerate(self.actors)}
         for i in refs:
             while True:
@@ -100,8 +98,56 @@ class RolloutGroup:
                     refs[i] = self.actors[i].update_weights.remote(handles, version)
         self.weight_version = version
 
+    def update_actor(self, i: int, handles: list, version: int) -> None:
+        """One actor <- an object-store sync (a restarted actor's re-sync)."""
+        import ray
+
+        ray.get(self.actors[i].update_weights.remote(handles, version), timeout=self.timeout)
+
     def set_version(self, version: int) -> None:  # loop compatibility: versions come with syncs here
         self.weight_version = version
+
+    # ---- broadcast / IPC weight sync (driven by creditrl/distributed/weight_sync.py) ----------------------
+    def _wait_each(self, refs: dict) -> tuple[dict, dict[int, BaseException]]:
+        """Wait for {actor: ref}; returns (results, failures) instead of raising."""
+        import ray
+
+        results, failures = {}, {}
+        for i, ref in refs.items():
+            try:
+                results[i] = ray.get(ref, timeout=self.timeout)
+            except (ray.exceptions.RayError, TimeoutError) as exc:
+                failures[i] = exc
+        return results, failures
+
+    def join_sync_group(self, backend: str, host: str, port: int, prefix: str, world_size: int,
+                        timeout_s: float) -> None:
+        """Every actor joins the broadcast group as rank i + 1 (rank 0 is learner rank 0)."""
+        refs = {i: a.join_sync_group.remote(backend, host, port, prefix, i + 1, world_size, timeout_s)
+                for i, a in enumerate(self.actors)}
+        _, failures = self._wait_each(refs)
+        if failures:
+            i, exc = next(iter(failures.items()))
+            raise WorkerFailure(describe_failure("rollout actor", self.infos[i], "join weight-sync group", exc, ""))
+
+    def receive_weights(self, manifest: list, version: int) -> dict[int, BaseException]:
+        """Every actor receives one broadcast sync; returns the actors that failed (empty on success)."""
+        refs = {i: a.receive_weights.remote(manifest, version) for i, a in enumerate(self.actors)}
+        _, failures = self._wait_each(refs)
+        if not failures:
+            self.weight_version = version
+        return failures
+
+    def load_ipc_bucket(self, handles: dict[int, object], version: int) -> dict[int, BaseException]:
+        """Actor i loads one CUDA IPC bucket from `handles[i]`; returns the actors that failed."""
+        refs = {i: self.actors[i].load_ipc_bucket.remote(h, version) for i, h in handles.items()}
+        _, failures = self._wait_each(refs)
+        return failures
+
+    def restart_failed(self, failures: dict[int, BaseException], call: str, resync: bool = False) -> None:
+        """Restart every failed actor (WorkerFailure past resources.max_rollout_restarts)."""
+        for i, exc in sorted(failures.items()):
+            self._restart(i, exc, call, resync=resync)
 
     # ---- faults ------------------------------------------------------------------------------------------
     def _restart(self, i: int, exc: BaseException, call: str, resync: bool = True) -> None:
@@ -120,9 +166,8 @@ class RolloutGroup:
             pass
         self.actors[i] = self._start(i)
         self.infos[i] = ray.get(self.actors[i].info.remote(), timeout=self.timeout)
-        if resync and self._sync_handles:
-            ray.get(self.actors[i].update_weights.remote(self._sync_handles, self.weight_version),
-                    timeout=self.timeout)
+        if resync and self.resync is not None:
+            self.resync(i)
 
     def sleep(self) -> None:
         """Colocated GPU: release the engines' GPU memory for the learner (vLLM sleep mode)."""

@@ -5,11 +5,18 @@ version. The learner side produces the buckets (`iter_buckets`; under ZeRO-3 eac
 collectively on every rank, see `DeepSpeedLearnerWorker.weight_buckets`); the transport moves them; the
 rollout side applies them with `RolloutEngine.update_weights(named_tensors, version)`.
 
-Transports (architecture.md §2.3):
-    object_store  CPU / any: each bucket is `ray.put` by learner rank 0 and pulled by every rollout actor
-                  (shared memory on one node, Ray's object transfer across nodes). Implemented here.
-    cuda_ipc      colocated GPUs: CUDA IPC handles of a GPU bucket (`creditrl/distributed/gpu_transport.py`).
-    nccl          disaggregated GPUs: broadcast from learner rank 0 (`creditrl/distributed/gpu_transport.py`).
+Transports (architecture.md §2.3), chosen by `resources.weight_sync` (`auto` picks the last column):
+
+    object_store  each bucket is `ray.put` by learner rank 0 and pulled    any placement, LoRA adapters
+                  by every rollout actor (shared memory within a node)
+    broadcast     learner rank 0 broadcasts flat buckets to all engines    CPU (gloo), disaggregated GPU (NCCL)
+                  over a dedicated group (creditrl/distributed/broadcast.py)
+    cuda_ipc      learner rank r shares a GPU bucket by CUDA IPC handle     colocated GPU
+                  with the engines on its GPU (gpu_transport.py)
+
+A weight sync is driven by one `WeightSync` object (`make_weight_sync`): `push(version)` after every update,
+`resync_actor(i)` for a rollout actor that was restarted mid-step (always through the object store, which
+needs no group membership; a broadcast group is rebuilt before its next push).
 
 LoRA: with `model.lora.enabled` only the adapter tensors travel (`adapter_only`); the rollout engines hold the
 same frozen base weights, loaded from `model.path`. Tensors are sent in their training dtype, never force-cast
@@ -18,23 +25,14 @@ same frozen base weights, loaded from `model.path`. Tensors are sent in their tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
 from typing import Iterable, Iterator, Protocol
 
 from torch import Tensor
 
+log = logging.getLogger(__name__)
+
 WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "base_model.model.")
-
-
-@dataclass
-class SyncManifest:
-    """What one sync carries: the version and the buckets (transport-specific handles, in order)."""
-
-    version: int
-    buckets: list = field(default_factory=list)
-    num_tensors: int = 0
-    num_bytes: int = 0
-    adapter_only: bool = False
 
 
 class WeightTransport(Protocol):
@@ -115,7 +113,9 @@ class ObjectStoreTransport:
     def pack(self, bucket: dict[str, Tensor]):
         import ray
 
-        return ray.put({k: v.detach().cpu().contiguous() for k, v in bucket.items()})
+        # Copies, always: under ZeRO-1/2 a parameter is a view into DeepSpeed's flat buffer, and serialising a
+        # view serialises its whole storage (each tensor would carry the whole model: 38x here, measured).
+        return ray.put({k: v.detach().to("cpu", copy=True) for k, v in bucket.items()})
 
     def unpack(self, handle) -> dict[str, Tensor]:
         import ray
@@ -124,29 +124,155 @@ class ObjectStoreTransport:
         return {k: v.clone() for k, v in ray.get(handle).items()}
 
 
-def make_transport(name: str) -> WeightTransport:
-    if name == "object_store":
-        return ObjectStoreTransport()
-    if name in ("cuda_ipc", "nccl"):
-        from creditrl.distributed import gpu_transport
-
-        return gpu_transport.make(name)
-    raise ValueError(f"unknown weight-sync transport '{name}' (object_store, cuda_ipc, nccl)")
-
-
 class WeightSync:
-    """`push(version)`: learner weights -> every rollout actor, bucket by bucket (architecture.md §2.3).
+    """Object-store sync: `push(version)` = learner weights -> every rollout actor, bucket by bucket.
 
     The learner group produces the buckets (`weight_buckets`, gathered in lockstep under ZeRO-3), the rollout
-    group applies them and records the version, which then travels with every `RolloutOutput`.
+    group applies them and records the version, which then travels with every `RolloutOutput`. The last
+    sync's buckets stay in the object store until the next sync, so a restarted actor is re-synced from them.
     """
+
+    name = "object_store"
 
     def __init__(self, learner, rollout, bucket_bytes: int, adapter_only: bool):
         self.learner, self.rollout = learner, rollout
         self.bucket_bytes, self.adapter_only = bucket_bytes, adapter_only
+        self.version = 0
+        self._handles: list = []
 
     def push(self, version: int) -> int:
-        """Sync and return the number of buckets sent."""
+        """Sync every actor to the learner's current weights; returns the number of buckets sent."""
+        self._claim(version)
+        self._handles = self.learner.weight_buckets(self.bucket_bytes, self.adapter_only)
+        self.rollout.update_weights_from(self._handles, version)
+        return len(self._handles)
+
+    def _claim(self, version: int) -> None:
+        """This sync now defines the rollout weights: restarted actors are re-synced by it, to `version`."""
+        self.version = version
+        self.rollout.resync = self.resync_actor
+
+    def resync_actor(self, i: int) -> None:
+        """A restarted actor: the current weights (the learner has not stepped since the last push)."""
+        if not self._handles:
+            self._handles = self.learner.weight_buckets(self.bucket_bytes, self.adapter_only)
+        self.rollout.update_actor(i, self._handles, self.version)
+
+
+class BroadcastSync(WeightSync):
+    """Learner rank 0 broadcasts flat buckets to every rollout engine over a dedicated process group
+    (gloo on CPU, NCCL on GPU; creditrl/distributed/broadcast.py). Every learner rank takes part in the
+    ZeRO-3 gathers; only rank 0 sends. The group is built at the first push and rebuilt (new store prefix)
+    before the first push after a rollout actor was restarted; the restarted actor itself gets the current
+    weights through the object store at once (`resync_actor`): the other members may be generating then.
+
+    A member that dies during a broadcast makes its peers' receive fail or time out (the group's timeout is
+    `resources.comm_timeout_s`); the push restarts the dead actors, rebuilds the group and retries once.
+    """
+
+    name = "broadcast"
+
+    def __init__(self, learner, rollout, bucket_bytes: int, adapter_only: bool, backend: str, timeout_s: float):
+        super().__init__(learner, rollout, bucket_bytes, adapter_only)
+        self.backend, self.timeout_s = backend, timeout_s
+        self.generation = 0
+        self._built_at_restarts: int | None = None  # rollout.restarts when the group was built
+        self._broken = False  # a broadcast failed: every member rejoins a new group before the next one
+        self.manifest = learner.weight_manifest(bucket_bytes, adapter_only)
+
+    def _build(self) -> None:
+        self.generation += 1
+        host, port, prefix = self.learner.open_sync_store(self.timeout_s)
+        world = 1 + len(self.rollout.actors)
+        self.learner.start_sync_group(self.backend, prefix, world, self.timeout_s)  # rank 0 waits for the others
+        self.rollout.join_sync_group(self.backend, host, port, prefix, world, self.timeout_s)
+        self.learner.finish()
+        self._built_at_restarts, self._broken = self.rollout.restarts, False
+
+    def push(self, version: int) -> int:
+        import ray
+
+        self._claim(version)
+        for _ in range(2):
+            if self._broken or self._built_at_restarts != self.rollout.restarts:
+                self._build()
+            self.learner.start_broadcast(self.bucket_bytes, self.adapter_only, self.manifest)
+            failed = self.rollout.receive_weights(self.manifest, version)
+            result = self.learner.finish()
+            if not failed and result["ok"]:
+                self._handles = []  # object-store copies are made only when an actor needs a resync
+                return len(self.manifest)
+            self._broken = True
+            if not failed:
+                raise RuntimeError(f"weight sync broadcast failed on learner rank 0 with every rollout actor "
+                                   f"alive: {result.get('error')}")
+            # Died or hung: restart (raises past max_rollout_restarts). Raised inside the actor (a peer's
+            # death broke the collective): alive, it only rejoins the rebuilt group.
+            dead = {i: e for i, e in failed.items() if not isinstance(e, ray.exceptions.RayTaskError)}
+            self.rollout.restart_failed(dead, "receive_weights")
+            log.warning("weight sync: broadcast failed on rollout actor(s) %s (restarted: %s); rebuilding the "
+                        "group and retrying", sorted(failed), sorted(dead))
+        raise RuntimeError("weight sync broadcast failed twice in a row; see the warnings above")
+
+    def resync_actor(self, i: int) -> None:
         handles = self.learner.weight_buckets(self.bucket_bytes, self.adapter_only)
-        self.rollout.update_weights_from(handles, version)
-        return len(handles)
+        self.rollout.update_actor(i, handles, self.version)
+
+
+class CudaIpcSync(WeightSync):
+    """Colocated GPU: bucket k is gathered on every learner rank, each rank shares it by CUDA IPC handle, and
+    every rollout engine loads it from the learner rank on its own GPU (rollout actor i shares bundle
+    i % learner_ranks, creditrl/distributed/placement.py). One bucket at a time: the learner frees bucket k
+    before packing k+1, so the extra GPU memory is one bucket, not a model copy."""
+
+    name = "cuda_ipc"
+
+    def __init__(self, learner, rollout, bucket_bytes: int, adapter_only: bool):
+        super().__init__(learner, rollout, bucket_bytes, adapter_only)
+        self.num_buckets = len(learner.weight_manifest(bucket_bytes, adapter_only))
+
+    def _push_to(self, actors: list[int], version: int) -> int:
+        """Bucket by bucket to `actors`; an actor that fails is dropped from the remaining buckets and, once
+        the learner has released its buffers, restarted and re-synced on its own."""
+        failed: dict[int, BaseException] = {}
+        for k in range(self.num_buckets):
+            per_rank = self.learner.ipc_bucket(k, self.bucket_bytes, self.adapter_only)
+            live = [i for i in actors if i not in failed]
+            failed.update(self.rollout.load_ipc_bucket({i: per_rank[i % len(per_rank)] for i in live}, version))
+            self.learner.release_ipc()
+        if failed:
+            self.rollout.restart_failed(failed, "load_ipc_bucket", resync=True)
+        return self.num_buckets
+
+    def push(self, version: int) -> int:
+        self._claim(version)  # a restarted actor is re-synced to this version inside _push_to
+        return self._push_to(list(range(len(self.rollout.actors))), version)
+
+    def resync_actor(self, i: int) -> None:
+        self._push_to([i], self.version)
+
+
+def resolve_transport(name: str, use_gpu: bool, placement: str, lora: bool) -> str:
+    """`resources.weight_sync: auto` -> a concrete transport (see the table in this module's docstring)."""
+    if name != "auto":
+        return name
+    if lora:
+        return "object_store"  # adapters are small; vLLM loads them as LoRARequests, not through workers
+    if use_gpu and placement == "colocated":
+        return "cuda_ipc"
+    return "broadcast"
+
+
+def make_weight_sync(cfg, learner, rollout) -> WeightSync:
+    """The recipe's weight sync between a LearnerGroup and a RolloutGroup."""
+    rc = cfg.resources
+    name = resolve_transport(rc.weight_sync, rc.use_gpu, rc.placement, cfg.model.lora.enabled)
+    bucket_bytes, adapter_only = rc.weight_sync_bucket_mb << 20, cfg.model.lora.enabled
+    if name == "object_store":
+        return WeightSync(learner, rollout, bucket_bytes, adapter_only)
+    if name == "broadcast":
+        return BroadcastSync(learner, rollout, bucket_bytes, adapter_only, "nccl" if rc.use_gpu else "gloo",
+                             rc.comm_timeout_s)
+    if name == "cuda_ipc":
+        return CudaIpcSync(learner, rollout, bucket_bytes, adapter_only)
+    raise ValueError(f"unknown resources.weight_sync '{name}' (auto, object_store, broadcast, cuda_ipc)")

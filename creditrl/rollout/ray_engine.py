@@ -38,8 +38,8 @@ def build_hf_rollout_model(cfg: RecipeConfig):
 class RolloutActor:
     """Ray actor body: generate on request, receive weight buckets, report where it runs."""
 
-    def __init__(self, cfg: RecipeConfig, actor_index: int, pad_id: int, eos_id: int, transport: str = "object_store"):
-        from creditrl.distributed.weight_sync import make_transport
+    def __init__(self, cfg: RecipeConfig, actor_index: int, pad_id: int, eos_id: int):
+        from creditrl.distributed.weight_sync import ObjectStoreTransport
 
         self.index = actor_index
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
@@ -53,7 +53,8 @@ class RolloutActor:
 
             self.engine = HFGenerateEngine(build_hf_rollout_model(cfg), pad_id, eos_id,
                                            cfg.rollout.generation_batch_prompts, cfg.model.autocast_bf16)
-        self.transport = make_transport(transport)
+        self.transport = ObjectStoreTransport()  # update_weights; broadcast / IPC syncs have their own methods
+        self._sync_store = self._sync_group = None  # broadcast group membership (HF engine on CPU)
 
     def info(self) -> dict:
         import ray
@@ -71,6 +72,38 @@ class RolloutActor:
             self.engine.update_weights(bucket.items(), version)
         self.engine.weight_version = version
         return version
+
+    # ---- broadcast sync (creditrl/distributed/broadcast.py): HF engine here, vLLM inside its workers ------
+    def join_sync_group(self, backend: str, host: str, port: int, prefix: str, rank: int, world_size: int,
+                        timeout_s: float) -> None:
+        if hasattr(self.engine, "join_sync_group"):
+            return self.engine.join_sync_group(backend, host, port, prefix, rank, world_size, timeout_s)
+        from creditrl.distributed.broadcast import make_group, make_store
+
+        self._sync_group = None  # drop the previous generation's group first
+        self._sync_store = make_store(host, timeout_s, port, is_host=False)
+        self._sync_group = make_group(backend, self._sync_store, prefix, rank, world_size, timeout_s)
+
+    def receive_weights(self, manifest: list, version: int) -> int:
+        """Receive one broadcast sync and load it bucket by bucket; returns the new version."""
+        if hasattr(self.engine, "receive_weights"):
+            self.engine.receive_weights(manifest, version)
+            return version
+        from creditrl.distributed.broadcast import receive_into
+
+        if self._sync_group is None:
+            raise RuntimeError(f"rollout actor {self.index} is not in a weight-sync group (join_sync_group first)")
+        receive_into(self._sync_group, manifest, torch.device("cpu"),
+                     lambda bucket: self.engine.update_weights(bucket.items(), version))
+        self.engine.weight_version = version
+        return version
+
+    def load_ipc_bucket(self, handle, version: int) -> None:
+        """Colocated GPU: load one CUDA IPC bucket (vLLM engines only)."""
+        if not hasattr(self.engine, "update_weights_ipc"):
+            raise RuntimeError("CUDA IPC weight sync needs GPU rollout engines (resources.use_gpu=true); "
+                               "use resources.weight_sync=broadcast or object_store on CPU")
+        self.engine.update_weights_ipc(handle, version)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """A copy of the engine's current parameters by name (tests: bit-exact sync)."""

@@ -6,7 +6,8 @@ used, each documented for that range:
     vllm.LLM(model, seed, dtype, enable_sleep_mode, enable_prefix_caching, logprobs_mode, enable_lora,
              max_lora_rank, gpu_memory_utilization, worker_extension_cls)
     LLM.generate(list[TokensPrompt], SamplingParams, lora_request=..., use_tqdm=False)
-    LLM.collective_rpc(method, args=...)   -> WeightLoaderExtension methods on every worker
+    LLM.collective_rpc(method, args=...)   -> WeightLoaderExtension methods on every worker (load_weights,
+                                           load_weights_ipc, join_sync_group, receive_weights)
     LLM.sleep(level) / LLM.wake_up(tags)   sleep mode (level 1 with adapter-only LoRA sync, else 2)
     LLM.reset_prefix_cache()               after every weight sync
     vllm.lora.request.LoRARequest(name, int_id, path)  adapter-only LoRA sync (versioned names, as TRL)
@@ -53,8 +54,39 @@ class WeightLoaderExtension:
         """CUDA IPC handles (creditrl.distributed.gpu_transport.CudaIpcTransport.pack) -> load_weights."""
         from creditrl.distributed.gpu_transport import CudaIpcTransport
 
+        from creditrl.distributed.weight_sync import strip_wrapper_prefixes
+
         bucket = CudaIpcTransport().unpack(handles)
-        self.model_runner.model.load_weights(weights=list(bucket.items()))
+        self.model_runner.model.load_weights(weights=[(strip_wrapper_prefixes(n), t) for n, t in bucket.items()])
+
+
+    # ---- broadcast sync: this worker is rank `rank` of the group (creditrl/distributed/broadcast.py) ------
+    def join_sync_group(self, backend: str, host: str, port: int, prefix: str, rank: int, world_size: int,
+                        timeout_s: float) -> None:
+        from creditrl.distributed.broadcast import make_group, make_store
+
+        self._creditrl_sync = None
+        store = make_store(host, timeout_s, port, is_host=False)
+        self._creditrl_sync = (store, make_group(backend, store, prefix, rank, world_size, timeout_s))
+
+    def receive_weights(self, manifest: list, load: bool = True):
+        """Receive one sync on this worker's GPU. load=True: into the model bucket by bucket (returns None);
+        load=False: return the tensors on the CPU (LoRA adapters, loaded by the engine as a LoRARequest)."""
+        import torch
+
+        from creditrl.distributed.broadcast import receive_buckets
+        from creditrl.distributed.weight_sync import strip_wrapper_prefixes
+
+        group = self._creditrl_sync[1]
+        device = torch.device("cuda", torch.cuda.current_device())
+        kept = {}
+        for bucket in receive_buckets(group, manifest, device):
+            if load:
+                self.model_runner.model.load_weights(weights=[(strip_wrapper_prefixes(n), t)
+                                                              for n, t in bucket.items()])
+            else:
+                kept.update({n: t.cpu() for n, t in bucket.items()})
+        return None if load else kept
 
 
 def to_sampling_params(params: SamplingParams):
@@ -118,6 +150,24 @@ class VLLMEngine:
 
     def update_weights_ipc(self, handles: dict, version: int) -> None:
         self.llm.collective_rpc("load_weights_ipc", args=(handles,))
+        self.llm.reset_prefix_cache()
+        self.weight_version = version
+
+    def join_sync_group(self, backend: str, host: str, port: int, prefix: str, rank: int, world_size: int,
+                        timeout_s: float) -> None:
+        """Broadcast sync: the engine's (single, tensor_parallel_size=1) worker joins as rank `rank`."""
+        self.llm.collective_rpc("join_sync_group", args=(backend, host, port, prefix, rank, world_size, timeout_s))
+
+    def receive_weights(self, manifest: list, version: int) -> None:
+        """Broadcast sync into the worker: full weights are loaded there; LoRA adapters come back to this
+        process and are registered as a new versioned LoRARequest."""
+        if self.lora:
+            tensors = self.llm.collective_rpc("receive_weights", args=(manifest, False))[0]
+            from creditrl.distributed.weight_sync import strip_wrapper_prefixes
+
+            self._load_adapter({strip_wrapper_prefixes(n): t for n, t in tensors.items()}, version)
+        else:
+            self.llm.collective_rpc("receive_weights", args=(manifest, True))
         self.llm.reset_prefix_cache()
         self.weight_version = version
 

@@ -180,6 +180,25 @@ def generate_and_score(cfg: RecipeConfig, step: int, engine, sampler: PromptSamp
     return batch, metrics
 
 
+def perf_metrics(batch: RolloutBatch, timing: dict[str, float], step_time: float) -> dict[str, float]:
+    """Throughput and stage timings of one step (same keys on the single-process and the Ray path).
+
+    rollout tokens/s = response tokens / gen time; learner tokens/s = (prompt + response tokens) / (old-stats
+    pass + update time); tokens/s = all tokens / step time.
+    """
+    response_tokens = float(batch.mask.sum())
+    n_tokens = response_tokens + sum(len(p) for p in batch.prompt_ids)
+    out = {"perf/tokens_per_s": n_tokens / step_time,
+           "perf/rollout_tokens_per_s": response_tokens / max(timing.get("gen", 0.0), 1e-9),
+           "perf/learner_tokens_per_s": n_tokens / max(timing.get("old_log_prob", 0.0)
+                                                       + timing.get("update_actor", 0.0), 1e-9),
+           "perf/weight_version": float(batch.weight_version),
+           "train/samples": float(len(batch))}
+    out.update({f"timing_s/{k}": v for k, v in timing.items()})
+    out["timing_s/step"] = step_time
+    return out
+
+
 def train(cfg: RecipeConfig, console=None) -> TrainResult:
     """Run a recipe end to end; return the run directory and before/after evaluation."""
     if cfg.resources.backend == "ray":  # the same loop, driving Ray worker groups (creditrl/distributed)
@@ -247,12 +266,7 @@ def train(cfg: RecipeConfig, console=None) -> TrainResult:
 
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step != total:
                 metrics.update(run_eval(f"eval/step{step}"))
-            step_time = time.perf_counter() - t_step
-            n_tokens = float(batch.mask.sum()) + sum(len(p) for p in batch.prompt_ids)
-            metrics["perf/tokens_per_s"] = n_tokens / step_time
-            metrics["perf/weight_version"] = float(batch.weight_version)
-            metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
-            metrics["timing_s/step"] = step_time
+            metrics.update(perf_metrics(batch, timing, time.perf_counter() - t_step))
 
             if step == total or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
                 t0 = time.perf_counter()

@@ -24,10 +24,14 @@ def test_default_is_single_process_and_ray_recipes_differ_only_in_resources():
     ("resources.rollout_actors=0", "rollout_actors"),
     ("resources.offload_params=true", "offload_params"),
     ("resources.call_timeout_s=0", "timeout"),
+    ("resources.weight_sync=cuda_ipc", "cuda_ipc needs resources.use_gpu=true and resources.placement=colocated"),
+    ("resources.weight_sync=nccl", "weight_sync"),
+    ("resources.weight_sync=broadcast resources.use_gpu=true", "two NCCL ranks on one GPU"),
+    ("resources.weight_sync_bucket_mb=0", "weight_sync_bucket_mb"),
 ])
 def test_bad_resources_raise(override, match):
     with pytest.raises(Exception, match=match):
-        load_config("tiny_grpo_ray", [override])
+        load_config("tiny_grpo_ray", override.split())
 
 
 def test_deepspeed_config_from_recipe():
@@ -58,3 +62,24 @@ def test_address_resolution_and_env_allow_list(monkeypatch):
     monkeypatch.setenv("SECRET_TOKEN", "x")
     env = worker_env()
     assert "SECRET_TOKEN" not in env and env["DS_BUILD_OPS"] == "0"
+
+
+def test_lora_with_cuda_ipc_is_rejected():
+    with pytest.raises(Exception, match="adapters are synced alone"):
+        load_config("tiny_grpo_ray", ["model.lora.enabled=true", "resources.use_gpu=true",
+                                      "resources.weight_sync=cuda_ipc"])
+
+
+@pytest.mark.parametrize("use_gpu, placement, lora, expected", [
+    (False, "colocated", False, "broadcast"),  # CPU: gloo broadcast
+    (False, "disaggregated", False, "broadcast"),
+    (True, "colocated", False, "cuda_ipc"),
+    (True, "disaggregated", False, "broadcast"),  # NCCL
+    (True, "colocated", True, "object_store"),  # LoRA: adapters only
+    (False, "colocated", True, "object_store"),
+])
+def test_auto_weight_sync_transport(use_gpu, placement, lora, expected):
+    from creditrl.distributed.weight_sync import resolve_transport
+
+    assert resolve_transport("auto", use_gpu, placement, lora) == expected
+    assert resolve_transport("object_store", use_gpu, placement, lora) == "object_store"

@@ -1,9 +1,10 @@
-"""Worker groups on a local Ray instance: weight sync is bit-exact (full and LoRA), the 2-rank DeepSpeed
-learner reproduces the single-process learner, a dead rollout actor is restarted and its prompts re-run.
+"""Worker groups on a local Ray instance: weight sync is bit-exact (object store and broadcast), the 2-rank
+DeepSpeed learner reproduces the single-process learner, a dead rollout actor is restarted and its prompts
+re-run, and the broadcast group survives dead actors.
 
 One module-scoped setup (2 DeepSpeed ZeRO-2 ranks + 2 rollout actors on a random tiny model) is shared by the
-tests. Marked slow: 1-4 minutes on a loaded 2-core machine, almost all of it actor start-up (importing
-torch/transformers/DeepSpeed in four processes, DeepSpeed's shm_comm JIT build on a cold cache).
+tests: about 45 s on 2 cores, most of it actor start-up (importing torch/transformers/DeepSpeed in four
+processes, DeepSpeed's shm_comm JIT build on a cold cache).
 """
 
 from __future__ import annotations
@@ -17,15 +18,14 @@ from creditrl.algorithms import Algorithm
 from creditrl.config import load_config
 from creditrl.rollout.base import SamplingParams
 
-# Short enough (~40 s with Ray + DeepSpeed start-up) to run by default.
-
 
 def _cfg(tiny_files, *extra):
     return load_config("tiny_grpo_ray", tiny_files.overrides(None, "train.global_batch_prompts=4",
                                                             "rollout.n_samples=4", "rollout.max_new_tokens=6",
                                                             "train.micro_batch_tokens_per_worker=48",
                                                             "train.lr=1e-3", "train.warmup_steps=0",
-                                                            "resources.call_timeout_s=300", *extra))
+                                                            "resources.call_timeout_s=300",
+                                                            "resources.max_rollout_restarts=10", *extra))
 
 
 @pytest.fixture(scope="module")
@@ -99,18 +99,40 @@ def _adv(batch):
     return _adv_inputs(batch)
 
 
-def test_sync_makes_rollout_weights_bit_identical(groups):
-    cfg, tok, learner, rollout, sync = groups
+def _scramble(rollout, learner_w: dict) -> None:
+    """Give every rollout actor random weights, so a sync has something to fix."""
+    import ray
+
+    g = torch.Generator().manual_seed(7)
+    noise = ray.put({n: torch.randn(t.shape, generator=g).to(t.dtype) for n, t in learner_w.items()})
+    rollout.update_weights_from([noise], version=-1)
+    for i in range(len(rollout.actors)):
+        got = rollout.weights(i)
+        assert all(not torch.equal(got[n], t) for n, t in learner_w.items() if t.numel() > 1)
+
+
+def _assert_synced(learner, rollout) -> None:
     learner_w = dict(learner.named_weights())
-    before = rollout.weights(0)
-    assert any(not torch.equal(before[n], t) for n, t in learner_w.items()), "test needs weights that differ"
-    n_buckets = sync.push(version=3)
-    assert n_buckets > 1
     for i in range(len(rollout.actors)):
         got = rollout.weights(i)
         assert set(got) == set(learner_w)
         for name, t in learner_w.items():
-            assert got[name].dtype == t.dtype and torch.equal(got[name], t), name
+            assert got[name].dtype == t.dtype and torch.equal(got[name], t), (i, name)
+
+
+@pytest.mark.parametrize("transport", ["object_store", "broadcast"])
+def test_sync_makes_rollout_weights_bit_identical(groups, transport):
+    from creditrl.distributed.weight_sync import BroadcastSync
+
+    cfg, tok, learner, rollout, sync = groups
+    if transport == "broadcast":
+        sync = BroadcastSync(learner, rollout, bucket_bytes=64 << 10, adapter_only=False, backend="gloo",
+                             timeout_s=120)
+    learner_w = dict(learner.named_weights())
+    _scramble(rollout, learner_w)
+    n_buckets = sync.push(version=3)
+    assert n_buckets > 1
+    _assert_synced(learner, rollout)
     assert rollout.weight_version == 3
     out = rollout.generate([[5, 6, 7]], SamplingParams(2, 1.0, 1.0, 3))
     assert out.weight_version == 3  # the version travels with the samples
@@ -139,6 +161,44 @@ def test_dead_rollout_actor_is_restarted_resynced_and_rerun(groups):
     assert again.prompt_index == reference.prompt_index
     assert again.response_ids == reference.response_ids  # same chunk seeds, same (re-synced) weights
     assert again.weight_version == 4
-    learner_w = dict(learner.named_weights())
-    got = rollout.weights(0)
-    assert all(torch.equal(got[n], t) for n, t in learner_w.items())
+    _assert_synced(learner, rollout)
+
+
+def test_broadcast_sync_survives_dead_actors_mid_step_and_before_a_push(groups):
+    """Broadcast transport: an actor killed during generation is re-synced through the object store and the
+    group is rebuilt before the next push; an actor found dead by a push is restarted and the push retried."""
+    import ray
+
+    from creditrl.distributed.weight_sync import BroadcastSync
+
+    cfg, tok, learner, rollout, _ = groups
+    sync = BroadcastSync(learner, rollout, bucket_bytes=64 << 10, adapter_only=False, backend="gloo",
+                         timeout_s=60)
+    sync.push(version=5)
+    assert sync.generation == 1
+    prompts = [[5, 6, 7, 8], [9, 10, 11], [12, 13]]
+    params = SamplingParams(2, 1.0, 1.0, 4, seed=3)
+    reference = rollout.generate(prompts, params)
+    _scramble(rollout, dict(learner.named_weights()))
+    sync.push(version=5)
+    restarts = rollout.restarts
+
+    rollout.on_submitted = lambda group: ray.kill(group.actors[1], no_restart=True)
+    try:
+        again = rollout.generate(prompts, params)
+    finally:
+        rollout.on_submitted = None
+    assert rollout.restarts == restarts + 1
+    assert again.response_ids == reference.response_ids  # the restarted actor got the version-5 weights
+    _assert_synced(learner, rollout)
+
+    _scramble(rollout, dict(learner.named_weights()))
+    sync.push(version=6)  # the group still has the dead actor's slot: rebuilt first
+    assert sync.generation == 2
+    _assert_synced(learner, rollout)
+
+    ray.kill(rollout.actors[0], no_restart=True)
+    sync.push(version=7)  # actor 0 fails to receive: restarted, group rebuilt, push retried
+    assert rollout.restarts == restarts + 2 and sync.generation == 3
+    _assert_synced(learner, rollout)
+    assert rollout.generate([[5, 6]], SamplingParams(1, 1.0, 1.0, 2)).weight_version == 7

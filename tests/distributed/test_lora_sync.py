@@ -8,14 +8,15 @@ import torch
 
 from tests.distributed.test_groups import _cfg
 
-# Runs by default (~25 s).
+# Runs by default (~25 s per transport).
 
 
-def test_lora_sync_sends_adapters_only_and_is_bit_identical(local_ray, tiny_files):
+@pytest.mark.parametrize("transport", ["object_store", "broadcast"])
+def test_lora_sync_sends_adapters_only_and_is_bit_identical(local_ray, tiny_files, transport):
     from creditrl.distributed.learner_group import LearnerGroup
     from creditrl.distributed.placement import make_placement
     from creditrl.distributed.rollout_group import RolloutGroup
-    from creditrl.distributed.weight_sync import WeightSync, is_adapter_tensor
+    from creditrl.distributed.weight_sync import BroadcastSync, WeightSync, is_adapter_tensor
     from creditrl.trainer.loop import load_tokenizer
 
     cfg = _cfg(tiny_files, "model.lora.enabled=true", "resources.learner_ranks=1", "resources.rollout_actors=1")
@@ -28,7 +29,12 @@ def test_lora_sync_sends_adapters_only_and_is_bit_identical(local_ray, tiny_file
         assert adapters and all(is_adapter_tensor(n) for n in adapters)
         before = rollout.weights(0)
         assert any(not torch.equal(before[n], t) for n, t in adapters.items())  # independent LoRA-A inits
-        WeightSync(learner, rollout, 1 << 20, adapter_only=True).push(version=1)
+        if transport == "broadcast":
+            sync = BroadcastSync(learner, rollout, 1 << 20, adapter_only=True, backend="gloo", timeout_s=60)
+            assert all(is_adapter_tensor(m.name) for bucket in sync.manifest for m in bucket)
+        else:
+            sync = WeightSync(learner, rollout, 1 << 20, adapter_only=True)
+        sync.push(version=1)
         got = rollout.weights(0)
         full = dict(learner.named_weights())
         assert set(got) == set(full)

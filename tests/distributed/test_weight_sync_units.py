@@ -33,3 +33,22 @@ def test_split_even():
     assert split_even(5, 2) == [(0, 3), (3, 5)]
     assert split_even(2, 3) == [(0, 1), (1, 2)]
     assert split_even(6, 3) == [(0, 2), (2, 4), (4, 6)]
+
+
+def test_object_store_pack_copies_views_so_only_the_bucket_travels(monkeypatch):
+    """A ZeRO-1/2 parameter is a view into one flat buffer; the packed bucket must not carry the buffer."""
+    import pickle
+    import sys
+    import types
+
+    from creditrl.distributed.weight_sync import ObjectStoreTransport
+
+    flat = torch.arange(100_000, dtype=torch.float32)
+    bucket = {f"p{i}": flat[i * 100:(i + 1) * 100].view(10, 10) for i in range(5)}
+    put = []
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(put=lambda obj: put.append(obj) or "ref"))
+    assert ObjectStoreTransport().pack(bucket) == "ref"
+    sent = put[0]
+    assert all(torch.equal(sent[k], v) for k, v in bucket.items())
+    assert len(pickle.dumps(sent)) < 20 * 1024  # 5 x 400 B of data, not 5 x 400 kB of flat buffer
+    assert len(pickle.dumps(bucket)) > 5 * 400_000  # what views alone would have cost

@@ -59,7 +59,7 @@ def test_resume_matches_uninterrupted(tiny_task, tmp_path, batch_prompts, stop_a
     train_cli(*tiny_task.overrides(full, *common, "train.steps=4"))
     train_cli(*tiny_task.overrides(part, *common, f"train.steps={stop_at}"))
     resumed = train_cli(*tiny_task.overrides(part, *common, "train.steps=4"), "--resume")
-    assert f"resumed from" in resumed.output
+    assert "resumed from" in resumed.output
     a, b = _final_weights(full), _final_weights(part)
     assert a.keys() == b.keys()
     for k in a:
