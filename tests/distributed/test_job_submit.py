@@ -22,19 +22,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ray_processes() -> dict[int, str]:
-    """pid -> command line of every Ray cluster process (GCS server or raylet) on this machine."""
+def _processes() -> dict[int, str]:
+    """pid -> command line of every process on this machine (from /proc)."""
     out = {}
     for pid_dir in Path("/proc").iterdir():
         if not pid_dir.name.isdigit():
             continue
         try:
-            cmdline = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            out[int(pid_dir.name)] = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "gcs_server" in cmdline or "raylet" in cmdline:
-            out[int(pid_dir.name)] = cmdline
     return out
+
+
+def _ray_processes() -> dict[int, str]:
+    """pid -> command line of every Ray cluster process (GCS server or raylet) on this machine."""
+    return {pid: cmd for pid, cmd in _processes().items() if "gcs_server" in cmd or "raylet" in cmd}
 
 
 def _stop_cluster(temp_dir: str, port: int, others_running: bool) -> None:
@@ -45,17 +48,10 @@ def _stop_cluster(temp_dir: str, port: int, others_running: bool) -> None:
     if not others_running:
         subprocess.run([ray_bin, "stop", "--force"], check=False, capture_output=True, timeout=120)
         return
-    for pid_dir in Path("/proc").iterdir():
-        if not pid_dir.name.isdigit():
-            continue
-        try:
-            cmdline = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        ours = temp_dir in cmdline or f":{port} " in cmdline + " "
-        if ours and int(pid_dir.name) != os.getpid():
+    for pid, cmdline in _processes().items():
+        if (temp_dir in cmdline or f":{port} " in cmdline + " ") and pid != os.getpid():
             try:
-                os.kill(int(pid_dir.name), 9)
+                os.kill(pid, 9)
             except ProcessLookupError:
                 pass
 
