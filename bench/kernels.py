@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from creditrl.kernels import linear_token_stats
+from machine import cpu_model  # bench/machine.py (the script's folder is on sys.path)
 
 
 @dataclass(frozen=True)
@@ -328,12 +329,7 @@ def machine_description(device: str) -> dict:
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     cuda=torch.version.cuda)
     else:
-        cpu = "unknown"
-        try:
-            cpu = re.search(r"model name\s*:\s*(.*)", open("/proc/cpuinfo").read()).group(1)
-        except (OSError, AttributeError):
-            pass
-        info.update(cpu=cpu, cpu_count=os.cpu_count())
+        info.update(cpu=cpu_model(), cpu_count=os.cpu_count())
     return info
 
 

@@ -32,6 +32,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from machine import cpu_model  # noqa: E402  bench/machine.py (the script's folder is on sys.path)
 
 log = logging.getLogger("bench.methods")
 
@@ -230,11 +231,7 @@ def plot(results: dict[str, list[RunResult]], fig_dir: Path, prefix: str = "") -
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{cpu}, {os.cpu_count()} cores (shared; 1-min load {load:.1f} when the doc was written), "
             f"Python {platform.python_version()}, OMP_NUM_THREADS=1, no GPU")

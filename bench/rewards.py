@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from creditrl.registry import PartSpec
 from creditrl.rewards import RewardConfig, RewardManager, RewardSample
 from creditrl.rewards.code import CodeTestsConfig
 from creditrl.rewards.math_answer import MathAnswerConfig
+from machine import cpu_model  # bench/machine.py (the script's folder is on sys.path)
 
 def math_case(i: int) -> tuple[str, str]:
     """(response, ground truth) number i: ten answer formats, every number unique (no parse-cache hits)."""
@@ -91,12 +91,7 @@ def measure(spec: PartSpec, samples: list[RewardSample], executor: str, workers:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        cpu = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        pass
+    cpu = cpu_model()
     try:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:

@@ -27,8 +27,8 @@ from creditrl.distributed.weight_sync import WeightSync, make_weight_sync
 from creditrl.rewards import RewardManager
 from creditrl.trainer import checkpoint as ckpt
 from creditrl.trainer.learner import count_optimizer_steps
-from creditrl.trainer.loop import (TrainResult, _adv_inputs, _eval_line, generate_and_score, held_out_evaluator,
-                                   load_run_data, perf_metrics, seed_everything)
+from creditrl.trainer.loop import (TrainResult, _eval_line, finish_run, generate_and_score, held_out_evaluator,
+                                   learn, load_run_data, perf_metrics, save_step, seed_everything)
 from creditrl.trainer.metrics import MetricsWriter, summary_line
 from creditrl.trainer.progress import StepProgress
 
@@ -109,18 +109,7 @@ def _run(cfg, console, run_dir, config_yaml, tokenizer, train_data, eval_data, s
             if sleep_between:  # colocated GPU: the learner gets the memory (architecture.md §2.8)
                 rollout.sleep()
 
-            t0 = time.perf_counter()
-            metrics.update(learner.compute_old_stats(batch, algorithm))
-            timing["old_log_prob"] = time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            batch.advantages, adv_metrics = algorithm.advantages(_adv_inputs(batch), batch.stats.get("ref_logprobs"))
-            metrics.update(adv_metrics)
-            timing["adv"] = time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            metrics.update(learner.update(batch, algorithm))
-            timing["update_actor"] = time.perf_counter() - t0
+            metrics.update(learn(batch, learner, algorithm, timing))
 
             t0 = time.perf_counter()
             if sleep_between:
@@ -136,18 +125,10 @@ def _run(cfg, console, run_dir, config_yaml, tokenizer, train_data, eval_data, s
             metrics["rollout/actor_restarts"] = float(rollout.restarts - restarts_before)
 
             if step == total or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
-                t0 = time.perf_counter()
-                state = {"sampler": sampler.state_dict(), "algorithm": algorithm.state_dict(),
-                         "eval_before": eval_before}
-                ckpt.save_checkpoint(run_dir, step, learner, tokenizer, state, config_yaml, cfg.checkpoint.keep)
-                metrics["timing_s/save_checkpoint"] = time.perf_counter() - t0
+                metrics["timing_s/save_checkpoint"] = save_step(run_dir, step, learner, tokenizer, sampler,
+                                                                algorithm, eval_before, config_yaml, cfg)
             writer.write(step, metrics)
             history.append({"step": step, **metrics})
             progress.advance(summary_line(step, total, metrics))
 
-    eval_after = run_eval("eval/final")
-    writer.write(total, {f"final/{k.split('/', 1)[1]}": v for k, v in eval_after.items()})
-    writer.close()
-    console.print(_eval_line("before RL", eval_before))
-    console.print(_eval_line("after RL ", eval_after))
-    return TrainResult(run_dir, total, eval_before, eval_after, history)
+    return finish_run(run_dir, total, eval_before, run_eval, writer, console, history)

@@ -340,18 +340,17 @@ class DeepSpeedLearnerWorker:
         gathers so the other ranks are not left waiting in a collective.
         """
         buckets = self._iter_gathered(bucket_bytes, adapter_only)
-        if self.rank != 0:
-            for _ in buckets:
-                pass
-            return {"ok": True, "bytes": 0}
-        try:
-            return {"ok": True, "bytes": send_buckets(self._sync_group, buckets, manifest, self.device)}
-        except Exception as exc:  # gloo/NCCL error or timeout: the group is broken, the controller rebuilds it
-            for _ in buckets:
-                pass
-            self._sync_group = None
-            log.warning("weight-sync broadcast failed: %s", exc)
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        result = {"ok": True, "bytes": 0}
+        if self.rank == 0:
+            try:
+                result["bytes"] = send_buckets(self._sync_group, buckets, manifest, self.device)
+            except Exception as exc:  # gloo/NCCL error or timeout: the group is broken, the controller rebuilds it
+                self._sync_group = None
+                log.warning("weight-sync broadcast failed: %s", exc)
+                result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        for _ in buckets:  # the other ranks, or rank 0 after a failure: the remaining gathers, in lockstep
+            pass
+        return result
 
     # ---- CUDA IPC weight sync (colocated GPU; creditrl/distributed/gpu_transport.py) ----------------------
     def ipc_bucket(self, k: int, bucket_bytes: int, adapter_only: bool):

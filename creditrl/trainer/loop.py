@@ -199,6 +199,44 @@ def perf_metrics(batch: RolloutBatch, timing: dict[str, float], step_time: float
     return out
 
 
+def learn(batch: RolloutBatch, learner, algorithm: Algorithm, timing: dict[str, float]) -> dict[str, float]:
+    """The learner stages of one step, timed under verl's keys: old (and reference) per-token stats, then
+    advantages (filled into `batch.advantages`), then the policy update. Same on both training paths."""
+    t0 = time.perf_counter()
+    metrics = learner.compute_old_stats(batch, algorithm)
+    timing["old_log_prob"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    batch.advantages, adv_metrics = algorithm.advantages(_adv_inputs(batch), batch.stats.get("ref_logprobs"))
+    metrics.update(adv_metrics)
+    timing["adv"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    metrics.update(learner.update(batch, algorithm))
+    timing["update_actor"] = time.perf_counter() - t0
+    return metrics
+
+
+def save_step(run_dir: Path, step: int, learner, tokenizer, sampler, algorithm: Algorithm,
+              eval_before: dict[str, float], config_yaml: str, cfg: RecipeConfig) -> float:
+    """Checkpoint after `step` (learner state, data position, algorithm state); returns the seconds taken."""
+    t0 = time.perf_counter()
+    state = {"sampler": sampler.state_dict(), "algorithm": algorithm.state_dict(), "eval_before": eval_before}
+    ckpt.save_checkpoint(run_dir, step, learner, tokenizer, state, config_yaml, cfg.checkpoint.keep)
+    return time.perf_counter() - t0
+
+
+def finish_run(run_dir: Path, total: int, eval_before: dict[str, float], run_eval, writer: MetricsWriter,
+               console, history: list[dict]) -> TrainResult:
+    """The end-of-run held-out evaluation, written as `final/*` metrics and printed beside the one before RL."""
+    eval_after = run_eval("eval/final")
+    writer.write(total, {f"final/{k.split('/', 1)[1]}": v for k, v in eval_after.items()})
+    writer.close()
+    console.print(_eval_line("before RL", eval_before))
+    console.print(_eval_line("after RL ", eval_after))
+    return TrainResult(run_dir, total, eval_before, eval_after, history)
+
+
 def train(cfg: RecipeConfig, console=None) -> TrainResult:
     """Run a recipe end to end; return the run directory and before/after evaluation."""
     if cfg.resources.backend == "ray":  # the same loop, driving Ray worker groups (creditrl/distributed)
@@ -247,18 +285,7 @@ def train(cfg: RecipeConfig, console=None) -> TrainResult:
             timing: dict[str, float] = {}
             batch, metrics = generate_and_score(cfg, step, engine, sampler, train_data, tokenizer, rewards, timing)
 
-            t0 = time.perf_counter()
-            metrics.update(learner.compute_old_stats(batch, algorithm))
-            timing["old_log_prob"] = time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            batch.advantages, adv_metrics = algorithm.advantages(_adv_inputs(batch), batch.stats.get("ref_logprobs"))
-            metrics.update(adv_metrics)
-            timing["adv"] = time.perf_counter() - t0
-
-            t0 = time.perf_counter()
-            metrics.update(learner.update(batch, algorithm))
-            timing["update_actor"] = time.perf_counter() - t0
+            metrics.update(learn(batch, learner, algorithm, timing))
 
             t0 = time.perf_counter()
             engine.set_version(step)  # shared module: the update already changed the rollout weights in place
@@ -269,22 +296,15 @@ def train(cfg: RecipeConfig, console=None) -> TrainResult:
             metrics.update(perf_metrics(batch, timing, time.perf_counter() - t_step))
 
             if step == total or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
-                t0 = time.perf_counter()
-                state = {"sampler": sampler.state_dict(), "algorithm": algorithm.state_dict(),
-                         "eval_before": eval_before}
-                ckpt.save_checkpoint(run_dir, step, learner, tokenizer, state, config_yaml, cfg.checkpoint.keep)
-                metrics["timing_s/save_checkpoint"] = time.perf_counter() - t0
+                metrics["timing_s/save_checkpoint"] = save_step(run_dir, step, learner, tokenizer, sampler,
+                                                                algorithm, eval_before, config_yaml, cfg)
             writer.write(step, metrics)
             history.append({"step": step, **metrics})
             progress.advance(summary_line(step, total, metrics))
 
-    eval_after = run_eval("eval/final")
-    writer.write(total, {f"final/{k.split('/', 1)[1]}": v for k, v in eval_after.items()})
-    writer.close()
-    rewards.close()
-    console.print(_eval_line("before RL", eval_before))
-    console.print(_eval_line("after RL ", eval_after))
-    return TrainResult(run_dir, total, eval_before, eval_after, history)
+    result = finish_run(run_dir, total, eval_before, run_eval, writer, console, history)
+    rewards.close()  # after the final evaluation, which scores with it
+    return result
 
 
 def _adv_inputs(batch: RolloutBatch):
