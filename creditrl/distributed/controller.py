@@ -26,7 +26,7 @@ from creditrl.distributed.rollout_group import RolloutGroup
 from creditrl.distributed.weight_sync import WeightSync, make_weight_sync
 from creditrl.rewards import RewardManager
 from creditrl.trainer import checkpoint as ckpt
-from creditrl.trainer.learner import count_optimizer_steps
+from creditrl.learner.local import count_optimizer_steps
 from creditrl.trainer.loop import (TrainResult, _eval_line, finish_run, generate_and_score, held_out_evaluator,
                                    learn, load_run_data, perf_metrics, save_step, seed_everything)
 from creditrl.trainer.metrics import MetricsWriter, summary_line

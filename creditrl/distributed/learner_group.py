@@ -1,6 +1,6 @@
 """The learner worker group: M DeepSpeed ranks as Ray actors, driven like a single `Learner`.
 
-`LearnerGroup` implements the protocol of `creditrl/trainer/learner.py` (compute_old_stats, update,
+`LearnerGroup` implements the protocol of `creditrl/learner/local.py` (compute_old_stats, update,
 named_weights, save, load): the controller's step loop cannot tell it from `LocalLearner`. Each call plans the
 data-parallel split once per batch (dp_split.plan_step: balanced by tokens, lockstep micro-batch counts),
 sends the batch and the plan to every rank, and merges the partial results. Any rank failing (dead actor,
@@ -19,11 +19,11 @@ from torch import Tensor
 from creditrl.algorithms import Algorithm
 from creditrl.algorithms.base import masked_mean
 from creditrl.config.schema import RecipeConfig
-from creditrl.distributed.dp_split import MiniPlan, plan_step
-from creditrl.distributed.ds_learner import DeepSpeedLearnerWorker
+from creditrl.learner.dp_split import MiniPlan, plan_step
+from creditrl.learner.deepspeed_worker import DeepSpeedLearnerWorker
 from creditrl.distributed.errors import LearnerFailure, describe_failure
 from creditrl.distributed.placement import Slot
-from creditrl.trainer.batch import RolloutBatch
+from creditrl.learner.batch import RolloutBatch
 
 log = logging.getLogger(__name__)
 

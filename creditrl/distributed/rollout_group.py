@@ -23,7 +23,7 @@ from creditrl.config.schema import RecipeConfig
 from creditrl.distributed.errors import WorkerFailure, describe_failure
 from creditrl.distributed.placement import Slot
 from creditrl.rollout.base import RolloutOutput, SamplingParams
-from creditrl.rollout.ray_engine import RolloutActor
+from creditrl.distributed.rollout_actor import RolloutActor
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import torch
 from creditrl.data import DataError
 from creditrl.data.dataset import load_rows
 from creditrl.data.synthetic import add_without_carry
-from creditrl.trainer.batch import RolloutBatch, partition_by_tokens
+from creditrl.learner.batch import RolloutBatch, partition_by_tokens
 
 log = logging.getLogger(__name__)
 

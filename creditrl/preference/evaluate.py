@@ -17,7 +17,7 @@ import torch
 from creditrl.preference.data import PreferencePair, pair_batch, pair_micro_batches
 from creditrl.preference.forward import ReferenceStats, pair_token_stats
 from creditrl.preference.losses import split_pairs
-from creditrl.trainer.batch import make_micro_batch
+from creditrl.learner.batch import make_micro_batch
 
 
 @torch.no_grad()

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from creditrl.kernels import linear_token_stats
-from creditrl.trainer.batch import MicroBatch, scatter_tokens
-from creditrl.trainer.token_stats import decoder_and_head
+from creditrl.learner.batch import MicroBatch, scatter_tokens
+from creditrl.learner.token_stats import decoder_and_head
 
 
 def response_hidden(model, mb: MicroBatch, autocast_bf16: bool = False) -> Tensor:

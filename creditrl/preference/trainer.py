@@ -31,13 +31,14 @@ from creditrl.preference.losses import pair_loss, reduce_metrics
 from creditrl.rewards import RewardManager
 from creditrl.rollout.hf_engine import HFGenerateEngine
 from creditrl.trainer import checkpoint as ckpt
-from creditrl.trainer.batch import make_micro_batch
+from creditrl.learner.batch import make_micro_batch
 from creditrl.trainer.evaluate import evaluate
-from creditrl.trainer.learner import load_causal_lm
-from creditrl.trainer.loop import load_tokenizer, seed_everything
+from creditrl.models.build import load_causal_lm
+from creditrl.models.build import load_tokenizer
+from creditrl.trainer.loop import seed_everything
 from creditrl.trainer.metrics import MetricsWriter
 from creditrl.trainer.progress import StepProgress, make_console
-from creditrl.trainer.schedule import lr_factor
+from creditrl.models.schedule import lr_factor
 
 log = logging.getLogger(__name__)
 

@@ -51,19 +51,19 @@ class WeightLoaderExtension:
         self.model_runner.model.load_weights(weights=named)
 
     def load_weights_ipc(self, handles: dict) -> None:
-        """CUDA IPC handles (creditrl.distributed.gpu_transport.CudaIpcTransport.pack) -> load_weights."""
-        from creditrl.distributed.gpu_transport import CudaIpcTransport
+        """CUDA IPC handles (creditrl.weights.cuda_ipc.CudaIpcTransport.pack) -> load_weights."""
+        from creditrl.weights.cuda_ipc import CudaIpcTransport
 
-        from creditrl.distributed.weight_sync import strip_wrapper_prefixes
+        from creditrl.weights.buckets import strip_wrapper_prefixes
 
         bucket = CudaIpcTransport().unpack(handles)
         self.model_runner.model.load_weights(weights=[(strip_wrapper_prefixes(n), t) for n, t in bucket.items()])
 
 
-    # ---- broadcast sync: this worker is rank `rank` of the group (creditrl/distributed/broadcast.py) ------
+    # ---- broadcast sync: this worker is rank `rank` of the group (creditrl/weights/broadcast.py) ------
     def join_sync_group(self, backend: str, host: str, port: int, prefix: str, rank: int, world_size: int,
                         timeout_s: float) -> None:
-        from creditrl.distributed.broadcast import make_group, make_store
+        from creditrl.weights.broadcast import make_group, make_store
 
         self._creditrl_sync = None
         store = make_store(host, timeout_s, port, is_host=False)
@@ -74,8 +74,8 @@ class WeightLoaderExtension:
         load=False: return the tensors on the CPU (LoRA adapters, loaded by the engine as a LoRARequest)."""
         import torch
 
-        from creditrl.distributed.broadcast import receive_buckets
-        from creditrl.distributed.weight_sync import strip_wrapper_prefixes
+        from creditrl.weights.broadcast import receive_buckets
+        from creditrl.weights.buckets import strip_wrapper_prefixes
 
         group = self._creditrl_sync[1]
         device = torch.device("cuda", torch.cuda.current_device())
@@ -138,7 +138,7 @@ class VLLMEngine:
         return to_rollout_output(outs, prompt_ids, self.weight_version)
 
     def update_weights(self, named_tensors: Iterable[tuple[str, Tensor]], version: int) -> None:
-        from creditrl.distributed.weight_sync import strip_wrapper_prefixes
+        from creditrl.weights.buckets import strip_wrapper_prefixes
 
         named = [(strip_wrapper_prefixes(n), t) for n, t in named_tensors]
         if self.lora:
@@ -163,7 +163,7 @@ class VLLMEngine:
         process and are registered as a new versioned LoRARequest."""
         if self.lora:
             tensors = self.llm.collective_rpc("receive_weights", args=(manifest, False))[0]
-            from creditrl.distributed.weight_sync import strip_wrapper_prefixes
+            from creditrl.weights.buckets import strip_wrapper_prefixes
 
             self._load_adapter({strip_wrapper_prefixes(n): t for n, t in tensors.items()}, version)
         else:

@@ -10,8 +10,7 @@ from creditrl.rewards import RewardManager
 from creditrl.rollout.hf_engine import HFGenerateEngine
 from creditrl.trainer.checkpoint import latest_checkpoint
 from creditrl.trainer.evaluate import evaluate
-from creditrl.trainer.learner import load_causal_lm
-from creditrl.trainer.loop import load_tokenizer
+from creditrl.models.build import load_causal_lm, load_tokenizer
 
 
 def evaluate_target(target: str, overrides: list[str]) -> dict[str, float]:

@@ -30,9 +30,10 @@ from creditrl.rewards import RewardManager, RewardSample
 from creditrl.rollout.base import RolloutOutput, SamplingParams
 from creditrl.rollout.hf_engine import HFGenerateEngine
 from creditrl.trainer import checkpoint as ckpt
-from creditrl.trainer.batch import RolloutBatch
+from creditrl.learner.batch import RolloutBatch
 from creditrl.trainer.evaluate import evaluate
-from creditrl.trainer.learner import LocalLearner, count_optimizer_steps
+from creditrl.learner.local import LocalLearner, count_optimizer_steps
+from creditrl.models.build import load_tokenizer
 from creditrl.trainer.metrics import MetricsWriter, summary_line
 from creditrl.trainer.progress import StepProgress
 
@@ -52,25 +53,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def load_tokenizer(path: str):
-    """The tokenizer saved in a local model (or adapter) directory, with clear errors."""
-    from transformers import AutoTokenizer
-
-    from creditrl.trainer.learner import ModelLoadError
-
-    p = Path(path)
-    if not p.is_dir():
-        raise ModelLoadError(f"model directory not found: {p}. Set model.path to a local Hugging Face model "
-                             f"directory (for the demo, run `creditrl tiny init` and `creditrl sft` first).")
-    if not (p / "tokenizer_config.json").is_file() and not (p / "tokenizer.json").is_file():
-        raise ModelLoadError(f"{p} has no tokenizer (tokenizer.json / tokenizer_config.json): save the tokenizer "
-                             f"next to the model with tokenizer.save_pretrained.")
-    tok = AutoTokenizer.from_pretrained(str(p))
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def load_run_data(cfg: RecipeConfig):

@@ -16,13 +16,14 @@ from creditrl.config import RecipeConfig
 from creditrl.data import PromptSampler, load_prompt_datasets
 from creditrl.rewards import RewardManager
 from creditrl.rollout.hf_engine import HFGenerateEngine
-from creditrl.trainer.batch import RolloutBatch, make_micro_batch
+from creditrl.learner.batch import RolloutBatch, make_micro_batch
 from creditrl.trainer.evaluate import evaluate
-from creditrl.trainer.learner import load_causal_lm
-from creditrl.trainer.loop import load_tokenizer, seed_everything
+from creditrl.models.build import load_causal_lm
+from creditrl.models.build import load_tokenizer
+from creditrl.trainer.loop import seed_everything
 from creditrl.trainer.progress import StepProgress, make_console
-from creditrl.trainer.schedule import lr_factor
-from creditrl.trainer.token_stats import micro_batch_token_stats
+from creditrl.models.schedule import lr_factor
+from creditrl.learner.token_stats import micro_batch_token_stats
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from creditrl.distributed.broadcast import (TensorMeta, bucket_nbytes, make_group, make_store, pack,
+from creditrl.weights.broadcast import (TensorMeta, bucket_nbytes, make_group, make_store, pack,
                                             receive_buckets, receive_into, send_buckets, unpack)
 
 

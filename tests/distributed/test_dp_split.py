@@ -2,7 +2,7 @@
 
 import pytest
 
-from creditrl.distributed.dp_split import balance_rows, plan_step
+from creditrl.learner.dp_split import balance_rows, plan_step
 
 
 def test_balance_rows_hand_case():

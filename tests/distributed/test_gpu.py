@@ -9,7 +9,7 @@ pytestmark = pytest.mark.gpu
 
 
 def test_cuda_ipc_transport_round_trip_is_bit_exact():
-    from creditrl.distributed.gpu_transport import CudaIpcTransport
+    from creditrl.weights.cuda_ipc import CudaIpcTransport
 
     bucket = {"a": torch.randn(3, 5, device="cuda"), "b": torch.arange(7, device="cuda", dtype=torch.bfloat16)}
     sender, receiver = CudaIpcTransport(), CudaIpcTransport()
@@ -25,7 +25,7 @@ def test_vllm_engine_generates_and_loads_weights(tiny_files):
     from creditrl.config import load_config
     from creditrl.rollout.base import SamplingParams
     from creditrl.rollout.vllm_engine import VLLMEngine
-    from creditrl.trainer.learner import load_causal_lm
+    from creditrl.models.build import load_causal_lm
 
     cfg = load_config("tiny_grpo_ray", tiny_files.overrides(None, "resources.use_gpu=true"))
     engine = VLLMEngine(cfg, seed=0)
@@ -42,7 +42,7 @@ def test_vllm_engine_generates_and_loads_weights(tiny_files):
 
 def _ipc_child(handle, queue):
 
-    from creditrl.distributed.gpu_transport import CudaIpcTransport
+    from creditrl.weights.cuda_ipc import CudaIpcTransport
 
     got = CudaIpcTransport().unpack(handle)
     queue.put({k: v.cpu() for k, v in got.items()})
@@ -52,7 +52,7 @@ def test_cuda_ipc_handle_opens_in_another_process():
     """The colocated path proper: the bucket is rebuilt from its IPC handle in a second process."""
     import torch.multiprocessing as mp
 
-    from creditrl.distributed.gpu_transport import CudaIpcTransport
+    from creditrl.weights.cuda_ipc import CudaIpcTransport
 
     bucket = {"w": torch.randn(64, 33, device="cuda"), "b": torch.randn(5, device="cuda").to(torch.bfloat16)}
     sender = CudaIpcTransport()
@@ -70,7 +70,7 @@ def test_cuda_ipc_handle_opens_in_another_process():
 def _nccl_member(rank, port, manifest, buckets, queue):
     import torch
 
-    from creditrl.distributed.broadcast import make_group, make_store, receive_into, send_buckets
+    from creditrl.weights.broadcast import make_group, make_store, receive_into, send_buckets
 
     torch.cuda.set_device(rank)
     device = torch.device("cuda", rank)
@@ -90,7 +90,7 @@ def _nccl_member(rank, port, manifest, buckets, queue):
 def test_nccl_broadcast_group_delivers_buckets_bit_exactly():
     import torch.multiprocessing as mp
 
-    from creditrl.distributed.broadcast import TensorMeta, make_store
+    from creditrl.weights.broadcast import TensorMeta, make_store
 
     buckets = [{"a": torch.randn(256, 64), "b": torch.randn(9).to(torch.bfloat16)}, {"c": torch.arange(5)}]
     manifest = [tuple(TensorMeta(n, tuple(t.shape), t.dtype) for n, t in b.items()) for b in buckets]

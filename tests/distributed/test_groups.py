@@ -34,7 +34,7 @@ def groups(local_ray, tiny_files):
     from creditrl.distributed.placement import make_placement
     from creditrl.distributed.rollout_group import RolloutGroup
     from creditrl.distributed.weight_sync import WeightSync
-    from creditrl.trainer.loop import load_tokenizer
+    from creditrl.models.build import load_tokenizer
 
     cfg = _cfg(tiny_files)
     tok = load_tokenizer(str(tiny_files.model))
@@ -62,7 +62,7 @@ def _batch(cfg, tok, tiny_files, engine):
 
 def test_learner_group_matches_single_process_learner(groups, tiny_files):
     """Same batch, same math: old log-probs, loss and gradient norm of 2 DP ranks equal one process's."""
-    from creditrl.trainer.learner import LocalLearner
+    from creditrl.learner.local import LocalLearner
 
     cfg, tok, learner, rollout, _ = groups
     local_cfg = copy.deepcopy(cfg)

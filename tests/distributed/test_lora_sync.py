@@ -17,7 +17,7 @@ def test_lora_sync_sends_adapters_only_and_is_bit_identical(local_ray, tiny_file
     from creditrl.distributed.placement import make_placement
     from creditrl.distributed.rollout_group import RolloutGroup
     from creditrl.distributed.weight_sync import BroadcastSync, WeightSync, is_adapter_tensor
-    from creditrl.trainer.loop import load_tokenizer
+    from creditrl.models.build import load_tokenizer
 
     cfg = _cfg(tiny_files, "model.lora.enabled=true", "resources.learner_ranks=1", "resources.rollout_actors=1")
     tok = load_tokenizer(str(tiny_files.model))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from creditrl.distributed.rollout_group import split_even
-from creditrl.distributed.weight_sync import (is_adapter_tensor, iter_buckets, plan_buckets_by_numel,
+from creditrl.weights.buckets import (is_adapter_tensor, iter_buckets, plan_buckets_by_numel,
                                               strip_wrapper_prefixes)
 
 
@@ -41,7 +41,7 @@ def test_object_store_pack_copies_views_so_only_the_bucket_travels(monkeypatch):
     import sys
     import types
 
-    from creditrl.distributed.weight_sync import ObjectStoreTransport
+    from creditrl.weights.buckets import ObjectStoreTransport
 
     flat = torch.arange(100_000, dtype=torch.float32)
     bucket = {f"p{i}": flat[i * 100:(i + 1) * 100].view(10, 10) for i in range(5)}

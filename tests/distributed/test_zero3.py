@@ -18,8 +18,8 @@ def test_zero3_learner_matches_single_process_learner(local_ray, tiny_files):
     from creditrl.distributed.learner_group import LearnerGroup
     from creditrl.distributed.placement import make_placement
     from creditrl.rollout.hf_engine import HFGenerateEngine
-    from creditrl.trainer.learner import LocalLearner
-    from creditrl.trainer.loop import load_tokenizer
+    from creditrl.learner.local import LocalLearner
+    from creditrl.models.build import load_tokenizer
 
     cfg = _cfg(tiny_files, "resources.zero_stage=3")
     tok = load_tokenizer(str(tiny_files.model))

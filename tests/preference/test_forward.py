@@ -11,9 +11,9 @@ from creditrl.models.tiny import TinyModelSpec, build_tiny_model
 from creditrl.preference.data import load_pairs, pair_batch
 from creditrl.preference.forward import ReferenceStats, frozen_reference, pair_token_stats
 from creditrl.preference.losses import pair_loss
-from creditrl.trainer.batch import make_micro_batch
-from creditrl.trainer.learner import load_causal_lm
-from creditrl.trainer.loop import load_tokenizer
+from creditrl.learner.batch import make_micro_batch
+from creditrl.models.build import load_causal_lm
+from creditrl.models.build import load_tokenizer
 
 SPEC = TinyModelSpec(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
 

@@ -1,7 +1,7 @@
 import torch
 
-from creditrl.trainer.batch import RolloutBatch, make_micro_batch, partition_by_tokens, scatter_tokens
-from creditrl.trainer.schedule import lr_factor
+from creditrl.learner.batch import RolloutBatch, make_micro_batch, partition_by_tokens, scatter_tokens
+from creditrl.models.schedule import lr_factor
 
 
 def test_partition_respects_budget_and_order():

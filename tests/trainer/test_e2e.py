@@ -79,8 +79,8 @@ def test_resume_matches_uninterrupted(tiny_task, tmp_path, batch_prompts, stop_a
 def test_non_finite_loss_skips_the_step(tiny_task):
     from creditrl.algorithms import Algorithm
     from creditrl.config import load_config
-    from creditrl.trainer.batch import RolloutBatch
-    from creditrl.trainer.learner import LocalLearner
+    from creditrl.learner.batch import RolloutBatch
+    from creditrl.learner.local import LocalLearner
 
     cfg = load_config("tiny_grpo", [f"model.path={tiny_task.sft}"])
     algo = Algorithm(cfg.algorithm)

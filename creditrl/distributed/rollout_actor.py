@@ -15,31 +15,17 @@ import socket
 import torch
 
 from creditrl.config.schema import RecipeConfig
+from creditrl.models.build import build_policy
 from creditrl.rollout.base import RolloutOutput, SamplingParams
 
 log = logging.getLogger(__name__)
-
-
-def build_hf_rollout_model(cfg: RecipeConfig):
-    """The rollout copy of the policy: same architecture and parameter names as the learner's policy."""
-    from creditrl.trainer.learner import load_causal_lm
-
-    model = load_causal_lm(cfg.model.path, cfg.model.dtype)
-    if cfg.model.lora.enabled:
-        from peft import LoraConfig, get_peft_model
-
-        lc = cfg.model.lora
-        model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                                                 target_modules=lc.target_modules, task_type="CAUSAL_LM"))
-    model.requires_grad_(False)
-    return model.eval()
 
 
 class RolloutActor:
     """Ray actor body: generate on request, receive weight buckets, report where it runs."""
 
     def __init__(self, cfg: RecipeConfig, actor_index: int, pad_id: int, eos_id: int):
-        from creditrl.distributed.weight_sync import ObjectStoreTransport
+        from creditrl.weights.buckets import ObjectStoreTransport
 
         self.index = actor_index
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
@@ -51,7 +37,7 @@ class RolloutActor:
         else:
             from creditrl.rollout.hf_engine import HFGenerateEngine
 
-            self.engine = HFGenerateEngine(build_hf_rollout_model(cfg), pad_id, eos_id,
+            self.engine = HFGenerateEngine(build_policy(cfg.model, trainable=False), pad_id, eos_id,
                                            cfg.rollout.generation_batch_prompts, cfg.model.autocast_bf16)
         self.transport = ObjectStoreTransport()  # update_weights; broadcast / IPC syncs have their own methods
         self._sync_store = self._sync_group = None  # broadcast group membership (HF engine on CPU)
@@ -73,12 +59,12 @@ class RolloutActor:
         self.engine.weight_version = version
         return version
 
-    # ---- broadcast sync (creditrl/distributed/broadcast.py): HF engine here, vLLM inside its workers ------
+    # ---- broadcast sync (creditrl/weights/broadcast.py): HF engine here, vLLM inside its workers ------
     def join_sync_group(self, backend: str, host: str, port: int, prefix: str, rank: int, world_size: int,
                         timeout_s: float) -> None:
         if hasattr(self.engine, "join_sync_group"):
             return self.engine.join_sync_group(backend, host, port, prefix, rank, world_size, timeout_s)
-        from creditrl.distributed.broadcast import make_group, make_store
+        from creditrl.weights.broadcast import make_group, make_store
 
         self._sync_group = None  # drop the previous generation's group first
         self._sync_store = make_store(host, timeout_s, port, is_host=False)
@@ -89,7 +75,7 @@ class RolloutActor:
         if hasattr(self.engine, "receive_weights"):
             self.engine.receive_weights(manifest, version)
             return version
-        from creditrl.distributed.broadcast import receive_into
+        from creditrl.weights.broadcast import receive_into
 
         if self._sync_group is None:
             raise RuntimeError(f"rollout actor {self.index} is not in a weight-sync group (join_sync_group first)")

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from creditrl.kernels import linear_token_stats
-from creditrl.trainer.batch import MicroBatch, response_columns, scatter_tokens
+from creditrl.learner.batch import MicroBatch, response_columns, scatter_tokens
 
 
 def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:

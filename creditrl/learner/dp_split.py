@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from creditrl.trainer.batch import partition_by_tokens
+from creditrl.learner.batch import partition_by_tokens
 
 
 @dataclass(frozen=True)

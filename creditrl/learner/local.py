@@ -24,9 +24,9 @@ from creditrl.algorithms import Algorithm
 from creditrl.algorithms.base import AggregationNorm, LossInputs, masked_mean
 from creditrl.algorithms.mismatch import mismatch_metrics
 from creditrl.config import RecipeConfig
-from creditrl.trainer.batch import MicroBatch, RolloutBatch, make_micro_batch, partition_by_tokens
-from creditrl.trainer.schedule import lr_factor
-from creditrl.trainer.token_stats import decoder_and_head, micro_batch_token_stats
+from creditrl.learner.batch import MicroBatch, RolloutBatch, make_micro_batch, partition_by_tokens
+from creditrl.models.build import build_optimizer, build_policy, build_reference
+from creditrl.learner.token_stats import decoder_and_head, micro_batch_token_stats
 
 log = logging.getLogger(__name__)
 
@@ -41,34 +41,6 @@ class Learner(Protocol):
     def save(self, directory: Path) -> None: ...
 
     def load(self, directory: Path) -> None: ...
-
-
-class ModelLoadError(ValueError):
-    """The model directory cannot be loaded; the message says why and what to do."""
-
-
-def check_model_dir(path: str) -> Path:
-    """A local Hugging Face model directory with config and weights, or a `ModelLoadError` saying what is wrong."""
-    p = Path(path)
-    if not p.is_dir():
-        raise ModelLoadError(f"model directory not found: {p}. Set model.path to a local Hugging Face model "
-                             f"directory (for the demo, run `creditrl tiny init` and `creditrl sft` first).")
-    if not (p / "config.json").is_file():
-        raise ModelLoadError(f"{p} has no config.json: it is not a Hugging Face model directory.")
-    weights = list(p.glob("*.safetensors")) + list(p.glob("*.bin")) + list(p.glob("*.safetensors.index.json"))
-    if not weights:
-        raise ModelLoadError(f"{p} has a config.json but no weights (*.safetensors or *.bin). Save the model "
-                             f"with save_pretrained, or point model.path at the directory that has them.")
-    return p
-
-
-def load_causal_lm(path: str, dtype: str = "float32"):
-    """`AutoModelForCausalLM.from_pretrained` on a local directory, with clear errors."""
-    from transformers import AutoModelForCausalLM
-
-    p = check_model_dir(path)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    return AutoModelForCausalLM.from_pretrained(str(p), dtype=torch_dtype)
 
 
 class LocalLearner:

@@ -1,7 +1,7 @@
 """One learner rank: a DeepSpeed engine (ZeRO 0-3, optional CPU offload, bf16) in a Ray actor.
 
 The ranks form one torch.distributed group (gloo on CPU, NCCL on GPU). Each rank gets the whole
-`RolloutBatch` and the step's `MiniPlan`s (creditrl/distributed/dp_split.py) and processes its own rows with the
+`RolloutBatch` and the step's `MiniPlan`s (creditrl/learner/dp_split.py) and processes its own rows with the
 single-process math: `micro_batch_token_stats` for per-token stats and `Algorithm.loss` with an
 `AggregationNorm` holding the GLOBAL mini-batch totals (tokens and sequences over all ranks).
 
@@ -32,14 +32,14 @@ from torch import Tensor
 from creditrl.algorithms import Algorithm
 from creditrl.algorithms.base import AggregationNorm, LossInputs
 from creditrl.config.schema import RecipeConfig
-from creditrl.distributed.dp_split import MiniPlan
+from creditrl.learner.dp_split import MiniPlan
 from creditrl.distributed.ds_config import deepspeed_config
-from creditrl.distributed.broadcast import TensorMeta, make_group, make_store, send_buckets
-from creditrl.distributed.weight_sync import ObjectStoreTransport, is_adapter_tensor, plan_buckets_by_numel
-from creditrl.trainer.batch import RolloutBatch, make_micro_batch, partition_by_tokens
-from creditrl.trainer.learner import load_causal_lm
-from creditrl.trainer.schedule import lr_factor
-from creditrl.trainer.token_stats import decoder_and_head, micro_batch_token_stats
+from creditrl.weights.broadcast import TensorMeta, make_group, make_store, send_buckets
+from creditrl.weights.buckets import ObjectStoreTransport, is_adapter_tensor, plan_buckets_by_numel
+from creditrl.learner.batch import RolloutBatch, make_micro_batch, partition_by_tokens
+from creditrl.models.build import load_causal_lm
+from creditrl.models.schedule import lr_factor
+from creditrl.learner.token_stats import decoder_and_head, micro_batch_token_stats
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ class DeepSpeedLearnerWorker:
         refs = [transport.pack(b) for b in self._iter_gathered(bucket_bytes, adapter_only) if b is not None]
         return [refs] if self.rank == 0 else []  # wrapped: a bare list of refs would be resolved by ray.get
 
-    # ---- broadcast weight sync (rank 0 is rank 0 of the sync group; creditrl/distributed/broadcast.py) -----
+    # ---- broadcast weight sync (rank 0 is rank 0 of the sync group; creditrl/weights/broadcast.py) -----
     def open_sync_store(self, timeout_s: float) -> tuple[str, int, str]:
         """Rank 0: host the sync groups' TCPStore on a free port (one store for every group this rank builds)
         and name the next group: (host, port, key prefix). Prefixes never repeat, so a rebuilt group cannot
@@ -352,10 +352,10 @@ class DeepSpeedLearnerWorker:
             pass
         return result
 
-    # ---- CUDA IPC weight sync (colocated GPU; creditrl/distributed/gpu_transport.py) ----------------------
+    # ---- CUDA IPC weight sync (colocated GPU; creditrl/weights/cuda_ipc.py) ----------------------
     def ipc_bucket(self, k: int, bucket_bytes: int, adapter_only: bool):
         """Bucket k gathered on every rank and shared by a CUDA IPC handle (each rank for its own GPU)."""
-        from creditrl.distributed.gpu_transport import CudaIpcTransport
+        from creditrl.weights.cuda_ipc import CudaIpcTransport
 
         if self._ipc is None:
             self._ipc = CudaIpcTransport()
