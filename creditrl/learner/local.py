@@ -48,31 +48,11 @@ class LocalLearner:
 
     def __init__(self, cfg: RecipeConfig, algorithm: Algorithm, total_optimizer_steps: int, pad_id: int):
         self.cfg, self.pad_id = cfg, pad_id
-        mc = cfg.model
-        self.policy = load_causal_lm(mc.path, mc.dtype)
-        self.policy.config.use_cache = False
-        if mc.gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.ref = None
-        if mc.lora.enabled:
-            from peft import LoraConfig, get_peft_model
-
-            lc = mc.lora
-            self.policy = get_peft_model(self.policy, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                                                                 target_modules=lc.target_modules, task_type="CAUSAL_LM"))
-        elif "ref_logprobs" in algorithm.needs:
-            self.ref = load_causal_lm(mc.path, mc.dtype).eval()
-            self.ref.requires_grad_(False)
-        self.policy.train()
+        self.policy = build_policy(cfg.model)
+        self.ref = build_reference(cfg.model) if "ref_logprobs" in algorithm.needs else None
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
-        tc = cfg.train
-        self.optimizer = torch.optim.AdamW(self.params, lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps,
-                                           weight_decay=tc.weight_decay)
         self.total_optimizer_steps = total_optimizer_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: lr_factor(s, total_optimizer_steps, tc.warmup_steps, tc.lr_schedule, tc.min_lr_ratio),
-        )
+        self.optimizer, self.scheduler = build_optimizer(self.params, cfg.train, total_optimizer_steps)
         self.skipped_steps = 0
 
     # ---- planning ----------------------------------------------------------------------------------------
