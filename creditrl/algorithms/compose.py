@@ -33,7 +33,8 @@ micro-batch by its own kept count).
 Parts that need old-pass kernel statistics declare `kernel_options` (kwargs of
 `creditrl.kernels.linear_token_stats`, e.g. Lp-Reg's `lp_reg` settings) and a need "old_<stat>";
 `Algorithm.kernel_options` merges them for the learner's old-log-prob pass, which stores the kernel's `<stat>`
-output as `LossInputs.extras["old_<stat>"]`.
+output as `LossInputs.extras["old_<stat>"]`. `Algorithm.stats` is the checked, typed summary of what every
+learner must compute (`creditrl/algorithms/needs.py`): a need no learner provides fails here, at config time.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from creditrl.algorithms.base import AdvantageInputs, AggregationNorm, LossInput
 from creditrl.algorithms.hapo_clip import HapoClip
 from creditrl.algorithms.hapo_redistribution import HapoRedistribution
 from creditrl.algorithms.kl import KLLoss, KLLossConfig, kl_reward_penalty
+from creditrl.algorithms.needs import StatRequest, stat_request
 from creditrl.algorithms.registry import ADVANTAGES, POLICY_LOSSES, REGULARIZERS, TOKEN_WEIGHTS
 from creditrl.algorithms.token_scope import AllReduce, check_scope, local_all_reduce
 from creditrl.registry import PartSpec, part, parts
@@ -104,6 +106,7 @@ class Algorithm:
             if hasattr(p, "scope"):
                 p.scope = cfg.token_stat_scope
         self.kernel_options: dict = _merge_kernel_options(parts_)
+        self.stats: StatRequest = stat_request(parts_, self.kernel_options, kl_to_reference=cfg.kl.coef > 0)
         _check_hapo_parts(self.policy_loss, self.token_weights)
         self._scope_kept: tuple[float, float] | None = None  # kept token / sequence fractions of the scope
 

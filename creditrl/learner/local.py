@@ -1,13 +1,9 @@
-"""The learner: owns the policy (and reference) model, computes per-token statistics, runs the policy update.
+"""The single-process learner shell: one policy (and reference) model, torch AdamW, in this process.
 
-`Learner` is the protocol the trainer drives; `LocalLearner` implements it in one process with torch AdamW.
-The DeepSpeed learner group implements the same protocol over Ray actors (issue on scale-out).
-
-Update semantics: the step's samples are split into mini-batches of `mini_batch_prompts * n_samples`
-consecutive samples (one optimizer step each, `ppo_epochs` passes). Each mini-batch is split into micro-batches
-by a padded-token budget; the old-log-prob pass uses the very same micro-batches, so the first on-policy ratio
-is exactly 1 (verl#6280). Losses are aggregated with the mini-batch totals (`AggregationNorm`), so gradient
-accumulation over micro-batches gives exactly the mini-batch loss.
+The step itself (planning, old/ref pass, loss inputs, token-scope statistics, composed loss, non-finite
+handling, metrics) is `creditrl/learner/core.py`, shared with the DeepSpeed ranks; this shell supplies the
+forward, backward and optimizer step, and the checkpoint layout. `Learner` is the protocol the step loop
+drives; `LocalLearner` and the Ray `LearnerGroup` implement it.
 """
 
 from __future__ import annotations
@@ -21,12 +17,11 @@ import torch
 from torch import Tensor
 
 from creditrl.algorithms import Algorithm
-from creditrl.algorithms.base import AggregationNorm, LossInputs, masked_mean
-from creditrl.algorithms.mismatch import mismatch_metrics
 from creditrl.config import RecipeConfig
-from creditrl.learner.batch import MicroBatch, RolloutBatch, make_micro_batch, partition_by_tokens
-from creditrl.models.build import build_optimizer, build_policy, build_reference
+from creditrl.learner import core
+from creditrl.learner.batch import MicroBatch, RolloutBatch
 from creditrl.learner.token_stats import decoder_and_head, micro_batch_token_stats
+from creditrl.models.build import build_optimizer, build_policy, build_reference
 
 log = logging.getLogger(__name__)
 
@@ -49,171 +44,62 @@ class LocalLearner:
     def __init__(self, cfg: RecipeConfig, algorithm: Algorithm, total_optimizer_steps: int, pad_id: int):
         self.cfg, self.pad_id = cfg, pad_id
         self.policy = build_policy(cfg.model)
-        self.ref = build_reference(cfg.model) if "ref_logprobs" in algorithm.needs else None
+        self.ref = build_reference(cfg.model) if algorithm.stats.ref_logprobs else None
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
         self.total_optimizer_steps = total_optimizer_steps
         self.optimizer, self.scheduler = build_optimizer(self.params, cfg.train, total_optimizer_steps)
         self.skipped_steps = 0
 
-    # ---- planning ----------------------------------------------------------------------------------------
-    def plan(self, batch: RolloutBatch) -> list[list[list[int]]]:
-        """Mini-batches, each a list of micro-batches (lists of row indices into the batch)."""
-        mini = self.cfg.mini_batch_prompts_resolved * self.cfg.rollout.n_samples
-        lengths = [len(p) + int(n) for p, n in zip(batch.prompt_ids, batch.response_lengths)]
-        out = []
-        for start in range(0, len(batch), mini):
-            rows = list(range(start, min(start + mini, len(batch))))
-            groups = partition_by_tokens([lengths[i] for i in rows], self.cfg.train.micro_batch_tokens_per_worker)
-            out.append([[rows[j] for j in g] for g in groups])
-        return out
+    # ---- the Shell of creditrl/learner/core.py -----------------------------------------------------------
+    def forward(self, mb: MicroBatch, want: tuple[str, ...], keep_hidden: bool = False,
+                kernel_options: dict | None = None) -> dict[str, Tensor]:
+        return micro_batch_token_stats(self.policy, mb, self.cfg.rollout.temperature, want,
+                                       self.cfg.model.autocast_bf16, kernel_options, keep_hidden=keep_hidden)
 
-    def _stats(self, model, mb: MicroBatch, want: tuple[str, ...], keep_hidden: bool = False,
-               kernel_options: dict | None = None) -> dict[str, Tensor]:
-        return micro_batch_token_stats(model, mb, self.cfg.rollout.temperature, want, self.cfg.model.autocast_bf16,
-                                       kernel_options, keep_hidden=keep_hidden)
+    def ref_logprobs(self, mb: MicroBatch) -> Tensor:
+        if self.ref is not None:
+            return micro_batch_token_stats(self.ref, mb, self.cfg.rollout.temperature, ("logp",),
+                                           self.cfg.model.autocast_bf16)["logp"]
+        with self._ref_context():
+            return self.forward(mb, ("logp",))["logp"]
 
     def _ref_context(self):
-        if self.ref is None and self.cfg.model.lora.enabled:
+        if self.cfg.model.lora.enabled:
             return self.policy.disable_adapter()  # the reference is the base model without the adapter
         return nullcontext()
 
-    # ---- old / ref pass ----------------------------------------------------------------------------------
-    @torch.no_grad()
+    def head_weight(self) -> Tensor:
+        return decoder_and_head(self.policy)[1].weight.detach()
+
+    def backward(self, loss: Tensor) -> None:
+        loss.backward()
+
+    def step(self, finite: bool) -> float | None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm) if finite else None
+        if grad_norm is None or not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    def set_train(self, mode: bool) -> None:
+        self.policy.train(mode)
+
+    # ---- the Learner protocol ----------------------------------------------------------------------------
     def compute_old_stats(self, batch: RolloutBatch, algorithm: Algorithm) -> dict[str, float]:
-        """Fill batch.stats with old_logprobs (+ old_entropy, old_hidden, ref_logprobs as the algorithm needs)."""
-        needs = algorithm.needs
-        # The old-policy entropy is always logged. Parts may need more old-pass kernel outputs ("old_<stat>",
-        # e.g. Lp-Reg's "old_proxy_logp"), computed with the kernel options they declare.
-        kernel_stats = tuple(sorted(n[len("old_"):] for n in needs if n.startswith("old_")
-                                    and n not in ("old_entropy", "old_hidden", "old_logprobs")))
-        want = ("logp", "entropy", *kernel_stats)
-        kernel_options = getattr(algorithm, "kernel_options", None) or None
-        keep_hidden = "old_hidden" in needs
-        B, T = batch.mask.shape
-        old = {k: torch.zeros(B, T) for k in want}
-        ref = torch.zeros(B, T) if "ref_logprobs" in needs else None
-        hidden = None
-        self.policy.eval()
-        for mini in self.plan(batch):
-            for rows in mini:
-                mb = make_micro_batch(batch, rows, self.pad_id)
-                stats = self._stats(self.policy, mb, want, keep_hidden, kernel_options)
-                for k in want:
-                    old[k][mb.index] = stats[k]
-                if keep_hidden:
-                    if hidden is None:
-                        hidden = torch.zeros(B, T, stats["hidden"].shape[-1])
-                    hidden[mb.index] = stats["hidden"]
-                if ref is not None:
-                    with self._ref_context():
-                        ref[mb.index] = self._stats(self.ref or self.policy, mb, ("logp",))["logp"]
-        self.policy.train()
-        batch.stats["old_logprobs"] = old["logp"]
-        batch.stats["old_entropy"] = old["entropy"]
-        for k in kernel_stats:
-            batch.stats[f"old_{k}"] = old[k]
-        if hidden is not None:
-            batch.stats["old_hidden"] = hidden
-        if ref is not None:
-            batch.stats["ref_logprobs"] = ref
-        metrics = mismatch_metrics(old["logp"], batch.rollout_logprobs, batch.mask)  # sampler vs trainer gap
-        metrics["actor/entropy"] = masked_mean(old["entropy"], batch.mask).item()
-        return metrics
-
-    # ---- policy update -----------------------------------------------------------------------------------
-    def _loss_inputs(self, batch: RolloutBatch, idx: Tensor, logp: Tensor, entropy: Tensor | None) -> LossInputs:
-        s = batch.stats
-        extras = {k: v[idx] for k, v in s.items() if k.startswith("old_") and k not in ("old_logprobs", "old_entropy")}
-        if "old_hidden" in s:  # THR / NTHR: hidden states, lm_head, sampled ids and the temperature
-            extras["lm_head_weight"] = decoder_and_head(self.policy)[1].weight.detach()
-            extras["response_ids"] = batch.response_ids[idx]
-            extras["temperature"] = torch.tensor(self.cfg.rollout.temperature, dtype=torch.float64)
-        return LossInputs(
-            logprobs=logp,
-            old_logprobs=s["old_logprobs"][idx],
-            advantages=batch.advantages[idx],
-            mask=batch.mask[idx],
-            entropy=entropy,
-            old_entropy=s["old_entropy"][idx],
-            ref_logprobs=s["ref_logprobs"][idx] if "ref_logprobs" in s else None,
-            rollout_logprobs=batch.rollout_logprobs[idx],
-            group_ids=batch.group_ids[idx],
-            extras=extras,
-        )
-
-    def _prepare_scope(self, batch: RolloutBatch, rows: list[int], algorithm: Algorithm, current: bool) -> None:
-        """token_stat_scope mini_batch/global: hand the parts the no-grad statistics of the whole scope."""
-        prepare = getattr(algorithm, "prepare", None)
-        if prepare is None or algorithm.cfg.token_stat_scope == "micro_batch":
-            return
-        idx = torch.tensor(rows, dtype=torch.long)
-        want = ("logp", "entropy")
-        if current:  # policy as it is now (start of the mini-batch)
-            lp = torch.zeros(len(rows), batch.mask.shape[1])
-            ent = torch.zeros_like(lp)
-            with torch.no_grad():
-                for part_rows in partition_by_tokens([len(batch.prompt_ids[i]) + int(batch.mask[i].sum())
-                                                      for i in rows], self.cfg.train.micro_batch_tokens_per_worker):
-                    mb = make_micro_batch(batch, [rows[j] for j in part_rows], self.pad_id)
-                    st = self._stats(self.policy, mb, want)
-                    pos = torch.tensor(part_rows, dtype=torch.long)
-                    lp[pos], ent[pos] = st["logp"], st["entropy"]
-        else:  # global scope at the start of the step: the policy is pi_old
-            lp = batch.stats["old_logprobs"][idx]
-            ent = batch.stats.get("old_entropy", torch.zeros_like(lp))[idx]
-        prepare(self._loss_inputs(batch, idx, lp, ent))
+        """Fill batch.stats with pi_old / pi_ref statistics (`core.store_old_stats`); returns metrics."""
+        part = core.old_pass(self, batch, algorithm.stats, core.plan_batch(batch, self.cfg))
+        return core.store_old_stats(batch, [part], algorithm.stats)
 
     def update(self, batch: RolloutBatch, algorithm: Algorithm) -> dict[str, float]:
-        """ppo_epochs x mini-batches of optimizer steps; returns token-weighted mean metrics."""
-        want = ("logp", "entropy") if "entropy" in algorithm.needs else ("logp",)
-        sums: dict[str, float] = {}
-        weight_total = 0.0
-        grad_norms, losses = [], []
-        plan = self.plan(batch)
-        if algorithm.cfg.token_stat_scope == "global":
-            self._prepare_scope(batch, list(range(len(batch))), algorithm, current=False)
-        for _ in range(self.cfg.train.ppo_epochs):
-            for mini in plan:
-                rows = [r for mb_rows in mini for r in mb_rows]
-                if algorithm.cfg.token_stat_scope == "mini_batch":
-                    self._prepare_scope(batch, rows, algorithm, current=True)
-                mask = batch.mask[rows]
-                norm = AggregationNorm(num_tokens=mask.sum().clamp_min(1).item(),
-                                       num_seqs=(mask.sum(-1) > 0).sum().clamp_min(1).item())
-                self.optimizer.zero_grad(set_to_none=True)
-                finite, mini_loss = True, 0.0
-                for mb_rows in mini:
-                    mb = make_micro_batch(batch, mb_rows, self.pad_id)
-                    stats = self._stats(self.policy, mb, want)
-                    inputs = self._loss_inputs(batch, mb.index, stats["logp"], stats.get("entropy"))
-                    loss, metrics = algorithm.loss(inputs, norm)
-                    if not torch.isfinite(loss):
-                        finite = False
-                        break
-                    loss.backward()
-                    mini_loss += loss.item()
-                    w = float(mb.mask.sum())
-                    weight_total += w
-                    for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + w * float(v)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm) if finite \
-                    else torch.tensor(float("nan"))
-                if not finite or not torch.isfinite(grad_norm):
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.skipped_steps += 1
-                    log.warning("non-finite %s: optimizer step skipped (%d skipped so far)",
-                                "loss" if not finite else "gradient norm", self.skipped_steps)
-                    continue
-                self.optimizer.step()
-                self.scheduler.step()
-                grad_norms.append(float(grad_norm))
-                losses.append(mini_loss)
-        out = {k: v / max(weight_total, 1.0) for k, v in sums.items()}
-        out["actor/pg_loss"] = sum(losses) / max(len(losses), 1)
-        out["actor/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
-        out["actor/lr"] = self.scheduler.get_last_lr()[0]
-        out["actor/skipped_steps_total"] = float(self.skipped_steps)
-        return out
+        """ppo_epochs x mini-batches of optimizer steps (`core.update`); returns the step's metrics."""
+        self.optimizer.zero_grad(set_to_none=True)
+        part = core.update(self, batch, algorithm, core.plan_batch(batch, self.cfg), self.cfg,
+                           skipped_before=self.skipped_steps)
+        self.skipped_steps = part.skipped_steps
+        return core.reduce_update([part], self.scheduler.get_last_lr()[0])
 
     # ---- weights, checkpoints ----------------------------------------------------------------------------
     def named_weights(self) -> Iterator[tuple[str, Tensor]]:

@@ -1,0 +1,281 @@
+"""The learner step, written once: the single-process learner and every DeepSpeed rank run these functions.
+
+A learner *shell* (`LocalLearner`, `DeepSpeedLearnerWorker`) only supplies what differs between them, the
+`Shell` protocol below: a forward that returns per-token statistics, the reference log-probs, the lm_head
+weight, backward, and the optimizer step. Everything else, i.e. what to compute for which algorithm part, how a
+step is planned, how loss inputs are assembled, how metrics are reduced and what happens on a non-finite loss,
+lives here, so the backends cannot drift apart.
+
+    plan_batch      mini-batches of `mini_batch_prompts * n_samples` consecutive rows, each dealt to `world`
+                    ranks balanced by tokens and split into micro-batches by `micro_batch_tokens_per_worker`
+                    (world = 1: the single-process plan). The old pass uses the same micro-batches as the first
+                    update pass, so the first on-policy ratio is exactly 1 (verl#6280).
+    old_pass        no-grad pi_old statistics (log-probs, entropy, every fused-op output and hidden state a part
+                    declares in `Algorithm.stats`) and the reference log-probs, for this rank's rows
+    store_old_stats merge the ranks' rows into `batch.stats`; mismatch and entropy metrics
+    update          ppo_epochs x mini-batches: token-scope preparation, loss inputs, composed loss, backward,
+                    one optimizer step per mini-batch; partial sums for `reduce_update`
+    reduce_update   the step's metrics from every rank's partial sums
+
+Aggregation: each micro-batch loss is normalised by the *global* mini-batch totals (`AggregationNorm` over all
+ranks' rows), so sum over ranks and micro-batches = the mini-batch loss; the DeepSpeed shell back-propagates
+W * loss because DeepSpeed averages gradients over W ranks.
+
+Non-finite values (same rule on every backend): a non-finite micro-batch loss or gradient norm skips the whole
+optimizer step of its mini-batch on every rank (the shells agree through the gradients: a rank that saw a
+non-finite loss back-propagates NaN, which the gradient reduction carries to every rank); the skip is logged and
+counted in `actor/skipped_steps_total`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from creditrl.algorithms import Algorithm
+from creditrl.algorithms.base import AggregationNorm, LossInputs, masked_mean
+from creditrl.algorithms.mismatch import mismatch_metrics
+from creditrl.algorithms.needs import StatRequest
+from creditrl.config.schema import RecipeConfig
+from creditrl.learner.batch import MicroBatch, RolloutBatch, make_micro_batch, partition_by_tokens
+from creditrl.learner.dp_split import MiniPlan, plan_step
+
+log = logging.getLogger(__name__)
+
+
+class Shell(Protocol):
+    """What a learner backend supplies to the shared step."""
+
+    pad_id: int
+
+    def forward(self, mb: MicroBatch, want: tuple[str, ...], keep_hidden: bool = False,
+                kernel_options: dict | None = None) -> dict[str, Tensor]:
+        """Policy statistics of a micro-batch: name -> [b, T] (hidden: [b, T, H]); grad-enabled in update."""
+        ...
+
+    def ref_logprobs(self, mb: MicroBatch) -> Tensor:
+        """log pi_ref of the micro-batch's response tokens [b, T], no grad."""
+        ...
+
+    def head_weight(self) -> Tensor:
+        """The full lm_head weight [V, H], detached (gathered under ZeRO-3: every rank must call)."""
+        ...
+
+    def backward(self, loss: Tensor) -> None: ...
+
+    def step(self, finite: bool) -> float | None:
+        """End of a mini-batch: clip and apply the update; the pre-clip gradient norm, or None if skipped
+        (`finite` False, or a non-finite gradient norm)."""
+        ...
+
+    def set_train(self, mode: bool) -> None: ...
+
+
+# ---- planning ------------------------------------------------------------------------------------------------
+def plan_batch(batch: RolloutBatch, cfg: RecipeConfig, world: int = 1) -> list[MiniPlan]:
+    """The step's mini-batches, each split over `world` ranks into lockstep micro-batches."""
+    lengths = [len(p) + int(n) for p, n in zip(batch.prompt_ids, batch.response_lengths)]
+    mini_rows = cfg.mini_batch_prompts_resolved * cfg.rollout.n_samples
+    return plan_step(lengths, mini_rows, world, cfg.train.micro_batch_tokens_per_worker)
+
+
+# ---- old / reference pass -------------------------------------------------------------------------------------
+@torch.no_grad()
+def old_pass(shell: Shell, batch: RolloutBatch, request: StatRequest, plans: list[MiniPlan],
+             rank: int = 0) -> dict:
+    """pi_old (and pi_ref) statistics of this rank's real rows: {"rows": [n], stat: [n, T(, H)]}.
+
+    Padding micro-batches (ranks with fewer rows) run their forward too, so ZeRO-3 gathers stay in lockstep.
+    """
+    want = request.old_want
+    kernel_options = dict(request.kernel_options) or None
+    rows: list[int] = []
+    parts: dict[str, list[Tensor]] = {}
+    shell.set_train(False)
+    try:
+        for plan in plans:
+            for spec in plan.micro[rank]:
+                mb = make_micro_batch(batch, list(spec.rows), shell.pad_id)
+                stats = shell.forward(mb, want, request.old_hidden, kernel_options)
+                names = list(want) + (["hidden"] if request.old_hidden else [])
+                out = {k: stats[k] for k in names}
+                if request.ref_logprobs:
+                    out["ref_logp"] = shell.ref_logprobs(mb)
+                if not spec.real:
+                    continue
+                rows += list(spec.rows)
+                for k, v in out.items():
+                    parts.setdefault(k, []).append(v.detach().cpu())
+    finally:
+        shell.set_train(True)
+    return {"rows": rows, **{k: torch.cat(v, 0) for k, v in parts.items()}}
+
+
+def store_old_stats(batch: RolloutBatch, parts: list[dict], request: StatRequest) -> dict[str, float]:
+    """Merge the ranks' `old_pass` results into `batch.stats` (keys below); mismatch and entropy metrics.
+
+    old_logprobs, old_entropy, old_<stat> for each fused-op statistic a part needs, old_hidden, ref_logprobs.
+    """
+    B, T = batch.mask.shape
+    names = {"logp": "old_logprobs", "entropy": "old_entropy", "hidden": "old_hidden", "ref_logp": "ref_logprobs",
+             **{s: f"old_{s}" for s in request.old_kernel_stats}}
+    merged: dict[str, Tensor] = {}
+    for part in parts:
+        if not part["rows"]:
+            continue
+        idx = torch.tensor(part["rows"], dtype=torch.long)
+        for k, key in names.items():
+            if k not in part:
+                continue
+            v = part[k][:, :T]
+            if key not in merged:
+                merged[key] = torch.zeros((B, T) + tuple(v.shape[2:]), dtype=v.dtype)
+            merged[key][idx] = v
+    batch.stats.update(merged)
+    metrics = mismatch_metrics(merged["old_logprobs"], batch.rollout_logprobs, batch.mask)  # sampler vs trainer
+    metrics["actor/entropy"] = masked_mean(merged["old_entropy"], batch.mask).item()
+    return metrics
+
+
+# ---- loss inputs and token-scope statistics ----------------------------------------------------------------------
+@dataclass
+class LossContext:
+    """Per-step constants the loss inputs carry besides the batch."""
+
+    request: StatRequest
+    temperature: float
+    head_weight: Tensor | None = None  # [V, H] with old_hidden (THR / NTHR)
+
+
+def loss_inputs(batch: RolloutBatch, idx: Tensor, logp: Tensor, entropy: Tensor | None,
+                ctx: LossContext) -> LossInputs:
+    """The `LossInputs` of rows `idx` with the current policy's `logp` / `entropy` [b, T]."""
+    s, req = batch.stats, ctx.request
+    extras = {f"old_{k}": s[f"old_{k}"][idx] for k in req.old_kernel_stats}
+    if req.old_hidden:  # THR / NTHR: hidden states, lm_head and the sampling temperature
+        extras["old_hidden"] = s["old_hidden"][idx]
+        extras["lm_head_weight"] = ctx.head_weight
+        extras["temperature"] = torch.tensor(ctx.temperature, dtype=torch.float64)
+    if req.response_ids:
+        extras["response_ids"] = batch.response_ids[idx]
+    return LossInputs(
+        logprobs=logp,
+        old_logprobs=s["old_logprobs"][idx],
+        advantages=batch.advantages[idx],
+        mask=batch.mask[idx],
+        entropy=entropy,
+        old_entropy=s["old_entropy"][idx],
+        ref_logprobs=s["ref_logprobs"][idx] if "ref_logprobs" in s else None,
+        rollout_logprobs=batch.rollout_logprobs[idx],
+        group_ids=batch.group_ids[idx],
+        extras=extras,
+    )
+
+
+def prepare_scope(shell: Shell, batch: RolloutBatch, rows: list[int], algorithm: Algorithm, ctx: LossContext,
+                  current: bool, micro_budget: int) -> None:
+    """token_stat_scope mini_batch / global: hand the parts the no-grad statistics of the whole scope.
+
+    current=True: a no-grad forward of the policy as it is now (start of a mini-batch); False: pi_old from the
+    old pass (global scope, start of the step). Every rank prepares on the whole scope (same rows and forward
+    count on every rank, so ZeRO-3 gathers stay in lockstep), so no cross-rank reduction is needed.
+    """
+    idx = torch.tensor(rows, dtype=torch.long)
+    if current:
+        lp = torch.zeros(len(rows), batch.mask.shape[1])
+        ent = torch.zeros_like(lp)
+        lengths = [len(batch.prompt_ids[i]) + int(batch.mask[i].sum()) for i in rows]
+        with torch.no_grad():
+            for part in partition_by_tokens(lengths, micro_budget):
+                st = shell.forward(make_micro_batch(batch, [rows[j] for j in part], shell.pad_id), ("logp", "entropy"))
+                pos = torch.tensor(part, dtype=torch.long)
+                lp[pos], ent[pos] = st["logp"].cpu(), st["entropy"].cpu()
+    else:
+        lp, ent = batch.stats["old_logprobs"][idx], batch.stats["old_entropy"][idx]
+    algorithm.prepare(loss_inputs(batch, idx, lp, ent, ctx))
+
+
+# ---- the update --------------------------------------------------------------------------------------------------
+@dataclass
+class UpdatePart:
+    """One rank's share of a step's update, reduced by `reduce_update`."""
+
+    sums: dict[str, float] = field(default_factory=dict)  # token-weighted metric sums
+    weight: float = 0.0  # tokens behind `sums`
+    losses: list[float] = field(default_factory=list)  # this rank's share of each applied mini-batch loss
+    grad_norms: list[float] = field(default_factory=list)  # global pre-clip norm of each applied step
+    skipped_steps: int = 0  # cumulative (the shell's counter)
+    lr: float = 0.0
+    algorithm_state: dict | None = None
+
+
+def update(shell: Shell, batch: RolloutBatch, algorithm: Algorithm, plans: list[MiniPlan], cfg: RecipeConfig,
+           rank: int = 0, skipped_before: int = 0) -> UpdatePart:
+    """ppo_epochs x mini-batches of optimizer steps over this rank's micro-batches."""
+    req, scope = algorithm.stats, algorithm.cfg.token_stat_scope
+    budget = cfg.train.micro_batch_tokens_per_worker
+    ctx = LossContext(req, cfg.rollout.temperature, shell.head_weight() if req.old_hidden else None)
+    out = UpdatePart(skipped_steps=skipped_before)
+    if scope == "global":
+        prepare_scope(shell, batch, list(range(len(batch))), algorithm, ctx, current=False, micro_budget=budget)
+    for _ in range(cfg.train.ppo_epochs):
+        for plan in plans:
+            if scope == "mini_batch":
+                prepare_scope(shell, batch, list(plan.rows), algorithm, ctx, current=True, micro_budget=budget)
+            mask = batch.mask[list(plan.rows)]
+            norm = AggregationNorm(num_tokens=mask.sum().clamp_min(1).item(),
+                                   num_seqs=(mask.sum(-1) > 0).sum().clamp_min(1).item())
+            finite, mini_loss, sums, weight = True, 0.0, {}, 0.0
+            for spec in plan.micro[rank]:
+                mb = make_micro_batch(batch, list(spec.rows), shell.pad_id)
+                stats = shell.forward(mb, req.train_want)
+                if spec.real and finite:
+                    loss, metrics = algorithm.loss(loss_inputs(batch, mb.index, stats["logp"], stats.get("entropy"),
+                                                               ctx), norm)
+                    if torch.isfinite(loss):
+                        shell.backward(loss)
+                        mini_loss += loss.item()
+                        w = float(mb.mask.sum())
+                        weight += w
+                        for k, v in metrics.items():
+                            sums[k] = sums.get(k, 0.0) + w * float(v)
+                        continue
+                    finite = False
+                    log.warning("rank %d: non-finite loss in a micro-batch: the optimizer step is skipped", rank)
+                # padding micro-batch, or after a non-finite loss: a backward for lockstep (zero, or NaN to make
+                # every rank skip the step)
+                shell.backward((stats["logp"] * (0.0 if finite else float("nan"))).sum())
+            grad_norm = shell.step(finite)
+            if grad_norm is None:
+                out.skipped_steps += 1
+                log.warning("rank %d: non-finite %s: optimizer step skipped (%d skipped so far)", rank,
+                            "loss" if not finite else "gradient norm", out.skipped_steps)
+                continue
+            out.grad_norms.append(grad_norm)
+            out.losses.append(mini_loss)
+            out.weight += weight
+            for k, v in sums.items():
+                out.sums[k] = out.sums.get(k, 0.0) + v
+    out.algorithm_state = algorithm.state_dict()
+    return out
+
+
+def reduce_update(parts: list[UpdatePart], lr: float) -> dict[str, float]:
+    """The step's metrics: token-weighted part metrics, mean mini-batch loss and gradient norm, lr, skips."""
+    weight = sum(p.weight for p in parts)
+    sums: dict[str, float] = {}
+    for p in parts:
+        for k, v in p.sums.items():
+            sums[k] = sums.get(k, 0.0) + v
+    out = {k: v / max(weight, 1.0) for k, v in sums.items()}
+    mini_losses = [sum(vals) for vals in zip(*(p.losses for p in parts))]  # the global loss of each mini-batch
+    grad_norms = parts[0].grad_norms  # the global norm: the same on every rank
+    out["actor/pg_loss"] = sum(mini_losses) / max(len(mini_losses), 1)
+    out["actor/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+    out["actor/lr"] = lr
+    out["actor/skipped_steps_total"] = float(parts[0].skipped_steps)
+    return out
