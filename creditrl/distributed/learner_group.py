@@ -13,13 +13,12 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-import torch
 from torch import Tensor
 
 from creditrl.algorithms import Algorithm
-from creditrl.algorithms.base import masked_mean
 from creditrl.config.schema import RecipeConfig
-from creditrl.learner.dp_split import MiniPlan, plan_step
+from creditrl.learner import core
+from creditrl.learner.dp_split import MiniPlan
 from creditrl.learner.deepspeed_worker import DeepSpeedLearnerWorker
 from creditrl.distributed.errors import LearnerFailure, describe_failure
 from creditrl.distributed.placement import Slot
@@ -89,61 +88,20 @@ class LearnerGroup:
     def plan(self, batch: RolloutBatch) -> list[MiniPlan]:
         """The step's DP plan, computed once per batch (old-stats pass and update share it)."""
         if self._plans is None or self._plans[0] is not batch:  # identity, not id(): ids are reused after GC
-            lengths = [len(p) + int(n) for p, n in zip(batch.prompt_ids, batch.response_lengths)]
-            mini_rows = self.cfg.mini_batch_prompts_resolved * self.cfg.rollout.n_samples
-            self._plans = (batch, plan_step(lengths, mini_rows, self.world,
-                                                self.cfg.train.micro_batch_tokens_per_worker))
+            self._plans = (batch, core.plan_batch(batch, self.cfg, self.world))
         return self._plans[1]
 
-    # ---- the Learner protocol ----------------------------------------------------------------------------
+    # ---- the Learner protocol (the step itself is creditrl/learner/core.py, run by every rank) --------------
     def compute_old_stats(self, batch: RolloutBatch, algorithm: Algorithm) -> dict[str, float]:
-        """Fill batch.stats exactly as LocalLearner does, from the ranks' shares."""
-        parts = self._call_all("compute_old_stats", batch, tuple(algorithm.needs), self.plan(batch),
-                               call="compute_old_stats")
-        B, T = batch.mask.shape
-        old_lp, old_ent = torch.zeros(B, T), torch.zeros(B, T)
-        ref = torch.zeros(B, T) if "ref_logprobs" in algorithm.needs else None
-        hidden = None
-        for part in parts:
-            if not part["rows"]:
-                continue
-            idx = torch.tensor(part["rows"], dtype=torch.long)
-            old_lp[idx] = part["logp"][:, :T]
-            old_ent[idx] = part["entropy"][:, :T]
-            if ref is not None:
-                ref[idx] = part["ref_logp"][:, :T]
-            if "hidden" in part:
-                if hidden is None:
-                    hidden = torch.zeros(B, T, part["hidden"].shape[-1])
-                hidden[idx] = part["hidden"][:, :T]
-        batch.stats["old_logprobs"] = old_lp
-        batch.stats["old_entropy"] = old_ent
-        if hidden is not None:
-            batch.stats["old_hidden"] = hidden
-        if ref is not None:
-            batch.stats["ref_logprobs"] = ref
-        m = batch.mask
-        gap = ((batch.rollout_logprobs - old_lp).abs() * m).sum() / m.sum().clamp_min(1)
-        return {"rollout/logprob_gap_abs_mean": gap.item(), "actor/entropy": masked_mean(old_ent, m).item()}
+        """Fill batch.stats exactly as LocalLearner does, from the ranks' rows."""
+        parts = self._call_all("compute_old_stats", batch, algorithm, self.plan(batch), call="compute_old_stats")
+        return core.store_old_stats(batch, parts, algorithm.stats)
 
     def update(self, batch: RolloutBatch, algorithm: Algorithm) -> dict[str, float]:
         parts = self._call_all("update", batch, algorithm, self.plan(batch), call="update")
-        sums: dict[str, float] = {}
-        weight = 0.0
-        for p in parts:
-            weight += p["weight"]
-            for k, v in p["sums"].items():
-                sums[k] = sums.get(k, 0.0) + v
-        out = {k: v / max(weight, 1.0) for k, v in sums.items()}
-        mini_losses = [sum(vals) for vals in zip(*(p["losses"] for p in parts))]  # global loss per mini-batch
-        grad_norms = parts[0]["grad_norms"]  # the global norm: identical on every rank
-        out["actor/pg_loss"] = sum(mini_losses) / max(len(mini_losses), 1)
-        out["actor/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
-        out["actor/lr"] = parts[0]["lr"]
-        out["actor/skipped_microbatches_total"] = float(sum(p["skipped_microbatches"] for p in parts))
-        if parts[0]["algorithm_state"] is not None:
-            algorithm.load_state_dict(parts[0]["algorithm_state"])
-        return out
+        if parts[0].algorithm_state is not None:
+            algorithm.load_state_dict(parts[0].algorithm_state)
+        return core.reduce_update(parts, parts[0].lr)
 
     def named_weights(self) -> Iterator[tuple[str, Tensor]]:
         """All policy weights, gathered to the driver (tests, export). Syncs use `weight_buckets`."""

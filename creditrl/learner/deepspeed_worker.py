@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import socket
 from contextlib import nullcontext
@@ -30,15 +31,14 @@ import torch
 from torch import Tensor
 
 from creditrl.algorithms import Algorithm
-from creditrl.algorithms.base import AggregationNorm, LossInputs
 from creditrl.config.schema import RecipeConfig
 from creditrl.learner.dp_split import MiniPlan
 from creditrl.distributed.ds_config import deepspeed_config
 from creditrl.weights.broadcast import TensorMeta, make_group, make_store, send_buckets
 from creditrl.weights.buckets import ObjectStoreTransport, is_adapter_tensor, plan_buckets_by_numel
-from creditrl.learner.batch import RolloutBatch, make_micro_batch, partition_by_tokens
-from creditrl.models.build import load_causal_lm
-from creditrl.models.schedule import lr_factor
+from creditrl.learner import core
+from creditrl.learner.batch import MicroBatch, RolloutBatch
+from creditrl.models.build import build_optimizer, build_policy, build_reference
 from creditrl.learner.token_stats import decoder_and_head, micro_batch_token_stats
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,9 @@ class TokenStatsModule(torch.nn.Module):
         self.policy = policy
         self.temperature, self.autocast_bf16 = temperature, autocast_bf16
 
-    def forward(self, mb, want: tuple[str, ...], keep_hidden: bool = False) -> dict[str, Tensor]:
-        return micro_batch_token_stats(self.policy, mb, self.temperature, want, self.autocast_bf16,
+    def forward(self, mb, want: tuple[str, ...], keep_hidden: bool = False,
+                kernel_options: dict | None = None) -> dict[str, Tensor]:
+        return micro_batch_token_stats(self.policy, mb, self.temperature, want, self.autocast_bf16, kernel_options,
                                        keep_hidden=keep_hidden)
 
 
@@ -82,48 +83,22 @@ class DeepSpeedLearnerWorker:
                                    world_size=world_size, timeout=timedelta(seconds=rc.comm_timeout_s),
                                    verbose=False)
         self.device = torch.device("cuda", torch.cuda.current_device()) if rc.use_gpu else torch.device("cpu")
-        self.policy, self.ref = self._load_models(cfg)
+        self.policy = build_policy(cfg.model).to(self.device)
+        self.ref = None  # with LoRA the reference is the base model with the adapter disabled
+        if Algorithm(cfg.algorithm).stats.ref_logprobs and not cfg.model.lora.enabled:
+            self.ref = build_reference(cfg.model).to(self.device)  # a full copy per rank (tiny models)
         self.module = TokenStatsModule(self.policy, cfg.rollout.temperature, cfg.model.autocast_bf16)
         if rc.zero_stage == 3:
             deepspeed.zero.register_external_parameter(self.module, decoder_and_head(self.policy)[1].weight)
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        tc = cfg.train
-        if rc.offload_optimizer:
-            from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-            optimizer = DeepSpeedCPUAdam(params, lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps,
-                                         weight_decay=tc.weight_decay, adamw_mode=True)
-        else:
-            optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps,
-                                          weight_decay=tc.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s, total_optimizer_steps, tc.warmup_steps, tc.lr_schedule,
-                                           tc.min_lr_ratio))
+        optimizer, scheduler = build_optimizer(params, cfg.train, total_optimizer_steps,
+                                               cpu_offload=rc.offload_optimizer)
         self.engine, _, _, _ = deepspeed.initialize(model=self.module, optimizer=optimizer, lr_scheduler=scheduler,
                                                     model_parameters=params, config=deepspeed_config(cfg))
-        self.skipped_microbatches = 0
+        self.skipped_steps = 0
         self._sync_store = self._sync_group = self._ipc = None  # weight-sync state (rank 0 / colocated GPU)
         self._sync_host, self._sync_groups_built = "", 0
         log.info("learner rank %d/%d up on %s (ZeRO-%d)", rank, world_size, socket.gethostname(), rc.zero_stage)
-
-    # ---- setup -------------------------------------------------------------------------------------------
-    def _load_models(self, cfg: RecipeConfig):
-        mc = cfg.model
-        policy = load_causal_lm(mc.path, mc.dtype)
-        policy.config.use_cache = False
-        if mc.gradient_checkpointing:
-            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        ref = None
-        if mc.lora.enabled:
-            from peft import LoraConfig, get_peft_model
-
-            lc = mc.lora
-            policy = get_peft_model(policy, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                                                       target_modules=lc.target_modules, task_type="CAUSAL_LM"))
-        elif "ref_logprobs" in Algorithm(cfg.algorithm).needs:
-            ref = load_causal_lm(mc.path, mc.dtype).eval().to(self.device)  # full copy per rank (tiny models)
-            ref.requires_grad_(False)
-        return policy.to(self.device), ref
 
     def info(self) -> dict:
         """Where this rank runs (for error messages): rank, host, node IP, pid."""
@@ -140,146 +115,68 @@ class DeepSpeedLearnerWorker:
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
-    def _stats(self, mb, want, keep_hidden=False) -> dict[str, Tensor]:
-        return self.engine(_to_device(mb, self.device), want, keep_hidden)
+    # ---- the Shell of creditrl/learner/core.py -----------------------------------------------------------
+    def forward(self, mb: MicroBatch, want: tuple[str, ...], keep_hidden: bool = False,
+                kernel_options: dict | None = None) -> dict[str, Tensor]:
+        return self.engine(_to_device(mb, self.device), want, keep_hidden, kernel_options)
+
+    def ref_logprobs(self, mb: MicroBatch) -> Tensor:
+        if self.ref is not None:
+            return micro_batch_token_stats(self.ref, _to_device(mb, self.device), self.cfg.rollout.temperature,
+                                           ("logp",), self.cfg.model.autocast_bf16)["logp"]
+        with self._ref_context():
+            return self.forward(mb, ("logp",))["logp"]
 
     def _ref_context(self):
-        if self.ref is None and self.cfg.model.lora.enabled:
+        if self.cfg.model.lora.enabled:
             return self.policy.disable_adapter()
         return nullcontext()
 
-    # ---- old / ref pass ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def compute_old_stats(self, batch: RolloutBatch, needs: tuple[str, ...], plans: list[MiniPlan]) -> dict:
-        """Per-token old stats of this rank's real rows: {"rows": [r], name: [r, T] tensors}."""
-        batch = _batch_to(batch, self.device)
-        want = ("logp", "entropy")
-        keep_hidden = "old_hidden" in needs
-        rows, parts = [], {k: [] for k in want + (("hidden",) if keep_hidden else ())}
-        ref_parts = []
-        self.engine.eval()
-        for plan in plans:
-            for spec in plan.micro[self.rank]:
-                mb = make_micro_batch(batch, list(spec.rows), self.pad_id)
-                stats = self._stats(mb, want, keep_hidden)
-                ref_lp = None
-                if "ref_logprobs" in needs:
-                    if self.ref is not None:
-                        ref_lp = micro_batch_token_stats(self.ref, _to_device(mb, self.device),
-                                                         self.cfg.rollout.temperature, ("logp",),
-                                                         self.cfg.model.autocast_bf16)["logp"]
-                    else:
-                        with self._ref_context():
-                            ref_lp = self._stats(mb, ("logp",))["logp"]
-                if not spec.real:
-                    continue
-                rows += list(spec.rows)
-                for k in parts:
-                    parts[k].append(stats[k].cpu())
-                if ref_lp is not None:
-                    ref_parts.append(ref_lp.cpu())
-        self.engine.train()
-        out = {"rows": rows}
-        for k, v in parts.items():
-            out[k] = _cat_padded(v)
-        if ref_parts:
-            out["ref_logp"] = _cat_padded(ref_parts)
-        return out
-
-    # ---- policy update -----------------------------------------------------------------------------------
-    def _head_weight(self) -> Tensor:
+    def head_weight(self) -> Tensor:
         w = decoder_and_head(self.policy)[1].weight
         with self._gather([w]):
             return w.detach().clone()
 
-    def _loss_inputs(self, batch: RolloutBatch, idx: Tensor, logp: Tensor, entropy: Tensor | None,
-                     head_weight: Tensor | None) -> LossInputs:
-        s = batch.stats
-        extras = {}
-        if "old_hidden" in s:
-            extras["old_hidden"] = s["old_hidden"][idx]
-            extras["lm_head_weight"] = head_weight
-        return LossInputs(
-            logprobs=logp,
-            old_logprobs=s["old_logprobs"][idx],
-            advantages=batch.advantages[idx],
-            mask=batch.mask[idx],
-            entropy=entropy,
-            old_entropy=s["old_entropy"][idx] if "old_entropy" in s else None,
-            ref_logprobs=s["ref_logprobs"][idx] if "ref_logprobs" in s else None,
-            rollout_logprobs=batch.rollout_logprobs[idx],
-            group_ids=batch.group_ids[idx],
-            extras=extras,
-        )
+    def backward(self, loss: Tensor) -> None:
+        self.engine.backward(loss * self.world)  # DeepSpeed averages over the ranks; the loss is a global share
 
-    def _prepare_scope(self, batch, rows, algorithm, current, head_weight) -> None:
-        """token_stat_scope mini_batch / global: every rank prepares on the whole scope (same rows, same
-        forward count on every rank, so ZeRO-3 gathers stay in lockstep)."""
-        prepare = getattr(algorithm, "prepare", None)
-        if prepare is None or algorithm.cfg.token_stat_scope == "micro_batch":
-            return
-        idx = torch.tensor(rows, dtype=torch.long)
-        if current:
-            lp = torch.zeros(len(rows), batch.mask.shape[1])
-            ent = torch.zeros_like(lp)
-            with torch.no_grad():
-                lengths = [len(batch.prompt_ids[i]) + int(batch.mask[i].sum()) for i in rows]
-                for part in partition_by_tokens(lengths, self.cfg.train.micro_batch_tokens_per_worker):
-                    mb = make_micro_batch(batch, [rows[j] for j in part], self.pad_id)
-                    st = self._stats(mb, ("logp", "entropy"))
-                    pos = torch.tensor(part, dtype=torch.long)
-                    lp[pos], ent[pos] = st["logp"].cpu(), st["entropy"].cpu()
-        else:
-            lp = batch.stats["old_logprobs"][idx]
-            ent = batch.stats.get("old_entropy", torch.zeros_like(lp))[idx]
-        prepare(self._loss_inputs(batch, idx, lp, ent, head_weight))
+    def step(self, finite: bool) -> float | None:
+        """One DeepSpeed step. ZeRO 1-3 skip a step whose reduced gradients are non-finite by themselves (a
+        rank that saw a non-finite loss back-propagated NaN); ZeRO-0 does not, so the ranks agree first."""
+        if self.cfg.resources.zero_stage == 0:
+            import torch.distributed as dist
 
-    def update(self, batch: RolloutBatch, algorithm: Algorithm, plans: list[MiniPlan]) -> dict:
-        """ppo_epochs x mini-batches of DeepSpeed steps over this rank's micro-batches.
+            local_ok = finite and all(torch.isfinite(p.grad).all() for p in self.policy.parameters()
+                                      if p.grad is not None)
+            flag = torch.tensor([1.0 if local_ok else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            if flag.item() == 0.0:
+                self.engine.zero_grad()
+                return None
+        self.engine.step()
+        if not self.engine.was_step_applied():
+            return None
+        norm = self.engine.get_global_grad_norm()
+        norm = float(norm) if norm is not None else float("nan")
+        return norm if math.isfinite(norm) else None
 
-        Returns partial sums for the controller: token-weighted metric sums, the token weight, each
-        mini-batch's loss share, grad norms, lr, and (rank 0) the algorithm state after the update.
-        """
-        batch = _batch_to(batch, self.device)
-        want = ("logp", "entropy") if "entropy" in algorithm.needs else ("logp",)
-        head_weight = self._head_weight() if "old_hidden" in batch.stats else None
-        sums: dict[str, float] = {}
-        weight_total = 0.0
-        losses, grad_norms = [], []
-        if algorithm.cfg.token_stat_scope == "global":
-            self._prepare_scope(batch, list(range(len(batch))), algorithm, False, head_weight)
-        for _ in range(self.cfg.train.ppo_epochs):
-            for plan in plans:
-                if algorithm.cfg.token_stat_scope == "mini_batch":
-                    self._prepare_scope(batch, list(plan.rows), algorithm, True, head_weight)
-                mask = batch.mask[list(plan.rows)]
-                norm = AggregationNorm(num_tokens=mask.sum().clamp_min(1).item(),
-                                       num_seqs=(mask.sum(-1) > 0).sum().clamp_min(1).item())
-                mini_loss = 0.0
-                for spec in plan.micro[self.rank]:
-                    mb = make_micro_batch(batch, list(spec.rows), self.pad_id)
-                    stats = self._stats(mb, want)
-                    inputs = self._loss_inputs(batch, mb.index, stats["logp"], stats.get("entropy"), head_weight)
-                    loss, metrics = algorithm.loss(inputs, norm)
-                    if not spec.real or not torch.isfinite(loss):
-                        if spec.real:
-                            self.skipped_microbatches += 1
-                            log.warning("rank %d: non-finite loss, micro-batch contributes no gradient", self.rank)
-                        loss = (stats["logp"] * 0.0).sum()  # lockstep backward with a zero gradient
-                        self.engine.backward(loss)
-                        continue
-                    self.engine.backward(loss * self.world)
-                    mini_loss += loss.item()
-                    w = float(mb.mask.sum())
-                    weight_total += w
-                    for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + w * float(v)
-                self.engine.step()
-                losses.append(mini_loss)
-                grad_norms.append(float(self.engine.get_global_grad_norm() or 0.0))
-        return {"sums": sums, "weight": weight_total, "losses": losses, "grad_norms": grad_norms,
-                "lr": self.engine.get_lr()[0], "skipped_microbatches": self.skipped_microbatches,
-                "algorithm_state": algorithm.state_dict() if self.rank == 0 else None}
+    def set_train(self, mode: bool) -> None:
+        self.engine.train(mode)
+
+    # ---- the learner step (creditrl/learner/core.py), on this rank's rows --------------------------------
+    def compute_old_stats(self, batch: RolloutBatch, algorithm: Algorithm, plans: list[MiniPlan]) -> dict:
+        """pi_old / pi_ref statistics of this rank's real rows (`core.old_pass`)."""
+        return core.old_pass(self, _batch_to(batch, self.device), algorithm.stats, plans, self.rank)
+
+    def update(self, batch: RolloutBatch, algorithm: Algorithm, plans: list[MiniPlan]) -> core.UpdatePart:
+        """This rank's share of the step's update (`core.update`); the group reduces the shares."""
+        part = core.update(self, _batch_to(batch, self.device), algorithm, plans, self.cfg, self.rank,
+                           skipped_before=self.skipped_steps)
+        self.skipped_steps = part.skipped_steps
+        part.lr = self.engine.get_lr()[0]
+        if self.rank != 0:
+            part.algorithm_state = None
+        return part
 
     # ---- weights -----------------------------------------------------------------------------------------
     def _sync_params(self, adapter_only: bool) -> list[tuple[str, torch.nn.Parameter]]:
@@ -380,7 +277,7 @@ class DeepSpeedLearnerWorker:
         """ZeRO shards of every rank under `directory/deepspeed`, plus the HF model (rank 0) in `directory/model`."""
         d = Path(directory)
         self.engine.save_checkpoint(str(d / DS_CHECKPOINT_DIR), tag=DS_TAG,
-                                    client_state={"skipped_microbatches": self.skipped_microbatches})
+                                    client_state={"skipped_steps": self.skipped_steps})
         with self._gather(list(self.policy.parameters())):
             if self.rank == 0:
                 self.policy.save_pretrained(d / "model")
@@ -391,7 +288,7 @@ class DeepSpeedLearnerWorker:
             raise FileNotFoundError(f"checkpoint {directory} has no DeepSpeed state in {path} (was it written by "
                                     f"the single-process trainer? resume it with resources.backend=local)")
         _, client = self.engine.load_checkpoint(str(path), tag=DS_TAG)
-        self.skipped_microbatches = (client or {}).get("skipped_microbatches", 0)
+        self.skipped_steps = (client or {}).get("skipped_steps", 0)
 
     def shutdown(self) -> None:
         import torch.distributed as dist
@@ -416,13 +313,3 @@ def _batch_to(batch: RolloutBatch, device: torch.device) -> RolloutBatch:
                                 stats={k: v.to(device) for k, v in batch.stats.items()},
                                 advantages=None if batch.advantages is None else batch.advantages.to(device))
     return moved
-
-
-def _cat_padded(parts: list[Tensor]) -> Tensor:
-    """Concatenate [b_i, T_i(, H)] tensors along rows, right-padding the time axis with zeros."""
-    if not parts:
-        return torch.zeros(0, 0)
-    t = max(p.shape[1] for p in parts)
-    padded = [torch.nn.functional.pad(p, (0, 0, 0, t - p.shape[1]) if p.dim() == 3 else (0, t - p.shape[1]))
-              for p in parts]
-    return torch.cat(padded, 0)
