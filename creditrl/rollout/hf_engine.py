@@ -38,6 +38,8 @@ class HFGenerateEngine:
         was_training = self.model.training
         self.model.eval()
         parts = []
+        if params.seed is not None:  # once per call: chunks continue one stream (not one reseeded stream each)
+            torch.manual_seed(params.seed)
         try:
             for start in range(0, len(prompt_ids), self.batch_prompts):
                 chunk = prompt_ids[start : start + self.batch_prompts]
@@ -67,8 +69,6 @@ class HFGenerateEngine:
         )
         if not greedy:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bf16):
             out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
         new_tokens = out.sequences[:, width:]  # [P*n, S]

@@ -1,4 +1,5 @@
-"""The RL step loop, top to bottom (single process; the Ray controller drives the same stages remotely).
+"""The RL step loop, top to bottom: one loop for every backend (`creditrl/trainer/runtime.py` supplies the
+rollout engine, the learner and weight sync of `resources.backend`).
 
     for each step:
         gen        sample n responses for each of `global_batch_prompts` prompts
@@ -16,8 +17,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,14 +30,14 @@ from creditrl.config import RecipeConfig, dump_yaml
 from creditrl.data import PromptSampler, load_prompt_datasets
 from creditrl.rewards import RewardManager, RewardSample
 from creditrl.rollout.base import RolloutOutput, SamplingParams
-from creditrl.rollout.hf_engine import HFGenerateEngine
 from creditrl.trainer import checkpoint as ckpt
 from creditrl.learner.batch import RolloutBatch
 from creditrl.trainer.evaluate import evaluate
-from creditrl.learner.local import LocalLearner, count_optimizer_steps
+from creditrl.learner.local import count_optimizer_steps
 from creditrl.models.build import load_tokenizer
 from creditrl.trainer.metrics import MetricsWriter, summary_line
 from creditrl.trainer.progress import StepProgress
+from creditrl.trainer.runtime import Runtime, make_runtime
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,16 @@ def _select_prompts(out: RolloutOutput, scores: list[float], keep: list[int], n:
     return sel, [scores[r] for r in rows]
 
 
+def rollout_seed(seed: int, step: int, round_: int) -> int:
+    """The sampling seed of one generation call: a pure function of (run seed, step, dynamic-sampling round).
+
+    Every engine (HF generate, vLLM, a Ray rollout group, which derives one seed per actor chunk from it) samples
+    from this seed alone, so no sampler RNG state has to be checkpointed: a resumed run draws exactly the
+    samples the uninterrupted run drew (for vLLM: where its seeded sampling is deterministic, docs/rollout.md).
+    """
+    return (seed * 1_000_003 + step * 1_009 + round_) % (2**31 - 1)
+
+
 def generate_and_score(cfg: RecipeConfig, step: int, engine, sampler: PromptSampler, train_data, tokenizer,
                        rewards: RewardManager, timing: dict) -> tuple[RolloutBatch, dict[str, float]]:
     rc = cfg.rollout
@@ -123,7 +135,8 @@ def generate_and_score(cfg: RecipeConfig, step: int, engine, sampler: PromptSamp
         need = want - len(kept_prompts)
         prompts = [train_data[i] for i in sampler.next_indices(need if r == 0 else want)]
         t0 = time.perf_counter()
-        out = engine.generate([list(p.prompt_ids) for p in prompts], params)
+        out = engine.generate([list(p.prompt_ids) for p in prompts],
+                              replace(params, seed=rollout_seed(cfg.seed, step, r)))
         t1 = time.perf_counter()
         rb = score_rollout(out, prompts, tokenizer, rewards, step)
         timing["gen"] = timing.get("gen", 0.0) + t1 - t0
@@ -219,16 +232,16 @@ def finish_run(run_dir: Path, total: int, eval_before: dict[str, float], run_eva
     return TrainResult(run_dir, total, eval_before, eval_after, history)
 
 
-def train(cfg: RecipeConfig, console=None) -> TrainResult:
-    """Run a recipe end to end; return the run directory and before/after evaluation."""
-    if cfg.resources.backend == "ray":  # the same loop, driving Ray worker groups (creditrl/distributed)
-        from creditrl.distributed import train_distributed
+def train(cfg: RecipeConfig, console=None,
+          on_step_start: Callable[[int, object], None] | None = None) -> TrainResult:
+    """Run an RL recipe end to end on its backend (`resources.backend`); the run directory and evaluations.
 
-        return train_distributed(cfg, console)
+    on_step_start: test hook, called with (step, rollout engine) before each step's generation.
+    """
     from creditrl.trainer.progress import make_console
 
     console = console or make_console()
-    run_dir = Path(cfg.run_dir)
+    run_dir = Path(cfg.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     config_yaml = dump_yaml(cfg)
     (run_dir / "config.yaml").write_text(config_yaml)
@@ -237,23 +250,34 @@ def train(cfg: RecipeConfig, console=None) -> TrainResult:
     tokenizer, train_data, eval_data, sampler = load_run_data(cfg)
     algorithm = Algorithm(cfg.algorithm)
     rewards = RewardManager.from_config(cfg.reward)
-    learner = LocalLearner(cfg, algorithm, count_optimizer_steps(cfg), tokenizer.pad_token_id)
-    engine = HFGenerateEngine(learner.policy, tokenizer.pad_token_id, tokenizer.eos_token_id,
-                              cfg.rollout.generation_batch_prompts, cfg.model.autocast_bf16)
-    log.info("run %s: %d train / %d eval prompts, %d trainable parameters", run_dir, len(train_data),
-             len(eval_data), sum(p.numel() for p in learner.params))
+    runtime = None
+    try:
+        runtime = make_runtime(cfg, algorithm, count_optimizer_steps(cfg), tokenizer.pad_token_id,
+                               tokenizer.eos_token_id)
+        log.info("run %s (%s backend, %s rollout): %d train / %d eval prompts", run_dir, cfg.resources.backend,
+                 cfg.rollout.engine, len(train_data), len(eval_data))
+        return _run(cfg, console, run_dir, config_yaml, runtime, tokenizer, train_data, eval_data, sampler,
+                    algorithm, rewards, on_step_start)
+    finally:
+        rewards.close()
+        if runtime is not None:
+            runtime.shutdown()
 
+
+def _run(cfg: RecipeConfig, console, run_dir: Path, config_yaml: str, runtime: Runtime, tokenizer, train_data,
+         eval_data, sampler: PromptSampler, algorithm: Algorithm, rewards: RewardManager,
+         on_step_start) -> TrainResult:
+    learner, engine = runtime.learner, runtime.engine
     start_step = 0
     eval_before: dict[str, float] = {}
     resume_from = ckpt.resolve_resume(cfg.checkpoint.resume, run_dir)
     if resume_from is not None:
         start_step, eval_before = ckpt.restore(resume_from, learner, sampler, algorithm)
-        engine.set_version(start_step)  # weights were loaded in place: the rollout sees them before generating
         console.print(f"[bold]resumed[/] from {resume_from} at step {start_step}")
+    runtime.sync(start_step)  # the rollout engines start from the learner's weights (fresh, LoRA init or resumed)
     writer = MetricsWriter(run_dir, cfg.logging.tensorboard, resume_step=start_step if resume_from else None)
 
     run_eval = held_out_evaluator(cfg, engine, eval_data, rewards, tokenizer)
-
     if resume_from is None:
         eval_before = run_eval("eval/step0")
         writer.write(0, eval_before)
@@ -265,17 +289,21 @@ def train(cfg: RecipeConfig, console=None) -> TrainResult:
         for step in range(start_step + 1, total + 1):
             t_step = time.perf_counter()
             timing: dict[str, float] = {}
+            if on_step_start is not None:
+                on_step_start(step, engine)
             batch, metrics = generate_and_score(cfg, step, engine, sampler, train_data, tokenizer, rewards, timing)
+            runtime.before_learn()
 
             metrics.update(learn(batch, learner, algorithm, timing))
 
             t0 = time.perf_counter()
-            engine.set_version(step)  # shared module: the update already changed the rollout weights in place
+            metrics.update(runtime.sync(step))
             timing["update_weights"] = time.perf_counter() - t0
 
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step != total:
                 metrics.update(run_eval(f"eval/step{step}"))
             metrics.update(perf_metrics(batch, timing, time.perf_counter() - t_step))
+            metrics.update(runtime.step_metrics())
 
             if step == total or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
                 metrics["timing_s/save_checkpoint"] = save_step(run_dir, step, learner, tokenizer, sampler,
@@ -284,9 +312,7 @@ def train(cfg: RecipeConfig, console=None) -> TrainResult:
             history.append({"step": step, **metrics})
             progress.advance(summary_line(step, total, metrics))
 
-    result = finish_run(run_dir, total, eval_before, run_eval, writer, console, history)
-    rewards.close()  # after the final evaluation, which scores with it
-    return result
+    return finish_run(run_dir, total, eval_before, run_eval, writer, console, history)
 
 
 def _adv_inputs(batch: RolloutBatch):

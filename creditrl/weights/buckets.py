@@ -13,20 +13,6 @@ from typing import Iterable, Iterator, Protocol
 from torch import Tensor
 
 
-class WeightTransport(Protocol):
-    """Moves buckets from the learner to the rollout engines."""
-
-    name: str
-
-    def pack(self, bucket: dict[str, Tensor]):
-        """Learner side: turn one bucket into a handle that can travel to the rollout actors."""
-        ...
-
-    def unpack(self, handle) -> dict[str, Tensor]:
-        """Rollout side: the bucket's tensors (owned by the caller: safe to keep after the next sync)."""
-        ...
-
-
 WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "base_model.model.")
 
 
@@ -117,3 +103,50 @@ class ObjectStoreTransport:
 
         # Tensors read from the object store may be backed by read-only shared memory: clone before keeping.
         return {k: v.clone() for k, v in ray.get(handle).items()}
+
+
+# ---- tensors as bytes: for channels that cannot carry torch objects (vLLM's msgpack `collective_rpc`) -------
+def tensors_to_bytes(tensors: dict[str, Tensor]) -> bytes:
+    """A safetensors payload of `tensors` (any dtype, bit-exact; moved to the CPU). Tensors that are views into a
+    larger storage (e.g. DeepSpeed's flat buffer) are copied first: safetensors refuses shared storage."""
+    from safetensors.torch import save
+
+    def own(t: Tensor) -> Tensor:
+        t = t.detach().to("cpu").contiguous()
+        return t if t.untyped_storage().nbytes() == tensor_bytes(t) else t.clone()
+
+    return save({name: own(t) for name, t in tensors.items()})
+
+
+def tensors_from_bytes(payload: bytes) -> dict[str, Tensor]:
+    """Inverse of `tensors_to_bytes` (fresh CPU tensors)."""
+    from safetensors.torch import load
+
+    return load(payload)
+
+
+# ---- PEFT LoRA names -----------------------------------------------------------------------------------------
+PEFT_PREFIX = "base_model.model."
+
+
+def peft_name(name: str, target_modules: list[str]) -> str:
+    """The name of HF parameter `name` (e.g. model.layers.0.self_attn.q_proj.weight) inside a PEFT LoRA model
+    that wraps the modules `target_modules`: base_model.model. prefix, and `.base_layer` under wrapped modules."""
+    module, _, leaf = name.rpartition(".")
+    if module.rpartition(".")[2] in target_modules:
+        return f"{PEFT_PREFIX}{module}.base_layer.{leaf}"
+    return PEFT_PREFIX + name
+
+
+def adapter_file_name(name: str) -> str:
+    """A PEFT adapter tensor as PEFT saves it (adapter_model.safetensors): without the adapter name
+    (`.lora_A.default.weight` -> `.lora_A.weight`), with the base_model.model. prefix."""
+    name = name.replace(".default.", ".")
+    return name if name.startswith(PEFT_PREFIX) else PEFT_PREFIX + name
+
+
+def adapter_model_name(file_name: str, adapter: str = "default") -> str:
+    """Inverse of `adapter_file_name`: the tensor's name in the live PEFT model (adapter `adapter`)."""
+    for kind in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"):
+        file_name = file_name.replace(f".{kind}.", f".{kind}.{adapter}.")
+    return file_name

@@ -22,7 +22,7 @@ def _history(run_dir: Path) -> list[dict]:
 def test_killed_rollout_actor_mid_step_trains_on_the_same_samples(local_ray, tiny_files, tmp_path):
     import ray
 
-    from creditrl.distributed import train_distributed
+    from creditrl.trainer.loop import train
 
     def run(name: str, kill_at: int | None):
         cfg = load_config("tiny_grpo_ray", tiny_files.overrides(tmp_path / name, *SHORT))
@@ -34,7 +34,7 @@ def test_killed_rollout_actor_mid_step_trains_on_the_same_samples(local_ray, tin
                     g.on_submitted = None
                 group.on_submitted = kill
 
-        return train_distributed(cfg, on_step_start=on_step_start)
+        return train(cfg, on_step_start=on_step_start)
 
     clean = run("clean", None)
     faulty = run("faulty", kill_at=2)
@@ -48,17 +48,17 @@ def test_killed_rollout_actor_mid_step_trains_on_the_same_samples(local_ray, tin
 
 
 def test_zero3_run_checkpoints_shards_and_resumes(local_ray, tiny_files, tmp_path):
-    from creditrl.distributed import train_distributed
+    from creditrl.trainer.loop import train
 
     run_dir = tmp_path / "z3"
     over = tiny_files.overrides(run_dir, *SHORT, "train.steps=2", "checkpoint.every_steps=1")
-    first = train_distributed(load_config("tiny_grpo_ray_zero3", over))
+    first = train(load_config("tiny_grpo_ray_zero3", over))
     ckpt = first.run_dir / "checkpoints" / "step_000002"
     shards = sorted(p.name for p in (ckpt / "deepspeed" / "state").iterdir())
     for rank in (0, 1):  # one optimizer shard per rank
         assert f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" in shards
     assert (ckpt / "model" / "config.json").is_file()
-    resumed = train_distributed(load_config("tiny_grpo_ray_zero3",
+    resumed = train(load_config("tiny_grpo_ray_zero3",
                                             [*over, "train.steps=3", "checkpoint.resume=auto"]))
     steps = [h["step"] for h in _history(resumed.run_dir)]
     assert steps[-1] == 3 and steps.count(3) == 1

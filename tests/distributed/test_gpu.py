@@ -117,13 +117,13 @@ def test_gpu_ray_run_with_vllm(local_ray, tiny_files, tmp_path, placement, weigh
     if placement == "disaggregated" and gpus < 2:
         pytest.skip("disaggregated placement needs 2 GPUs (one learner, one rollout engine)")
     from creditrl.config import load_config
-    from creditrl.distributed import train_distributed
+    from creditrl.trainer.loop import train
 
     cfg = load_config("tiny_grpo_ray", tiny_files.overrides(
         tmp_path / placement, "train.steps=2", "train.global_batch_prompts=8", "rollout.n_samples=4",
         "eval.max_prompts=16", "eval.pass_k=0", "resources.use_gpu=true", "resources.learner_ranks=1",
         "resources.rollout_actors=1", f"resources.placement={placement}", f"resources.weight_sync={weight_sync}"))
-    result = train_distributed(cfg)
+    result = train(cfg)
     rows = [r for r in result.history if "train/samples" in r]
     assert [r["perf/weight_version"] for r in rows] == [0.0, 1.0]  # each step sampled from the last sync
     assert all(r["train/samples"] == 32 for r in rows)
