@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from creditrl.kernels.formulas import (
-    LogitGradCoefficients, ProxyMoments, RowMoments, finalize, logit_grad_coefficients, proxy_threshold,
+    LogitGradCoefficients, ProxyMoments, RowMoments, finalize, logit_grad_coefficients, output_grads, pack_outputs,
+    proxy_threshold,
 )
 from creditrl.kernels.naive import compute_dtype
 from creditrl.kernels.types import AUX_OUTPUTS, DIFF_OUTPUTS, StatsPlan
@@ -201,20 +202,13 @@ class _ChunkedTokenStats(torch.autograd.Function):
 
         ctx.plan, ctx.chunk_rows, ctx.mom, ctx.pmom = plan, chunk_rows, mom, pmom
         ctx.save_for_backward(hidden, weight, targets, ref_hidden, ref_weight)
-        empty = hidden.new_zeros(0, dtype=dt)
-        diff = tuple(stats.get(name, empty) for name in DIFF_OUTPUTS)
-        aux = tuple(stats.get(name, empty) for name in AUX_OUTPUTS)
-        soft_proxy = plan.lp_reg is not None and plan.lp_reg.soft  # detached by definition (types.LpRegProxy)
-        ctx.mark_non_differentiable(*aux, *(diff[DIFF_OUTPUTS.index(k)] for k in ("proxy_log_mass", "proxy_logp")
-                                            if soft_proxy))
-        ctx.set_materialize_grads(False)
-        return diff + aux
+        return pack_outputs(ctx, stats, plan, hidden.new_zeros(0, dtype=dt))
 
     @staticmethod
     def backward(ctx, *grad_outputs):
         hidden, weight, targets, ref_hidden, ref_weight = ctx.saved_tensors
         plan, chunk_rows, mom, pmom = ctx.plan, ctx.chunk_rows, ctx.mom, ctx.pmom
-        grads = {name: g for name, g in zip(DIFF_OUTPUTS, grad_outputs) if g is not None and g.numel() > 0}
+        grads = output_grads(grad_outputs)
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not grads or not (need_x or need_w):
             return None, None, None, None, None, None, None

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from creditrl.kernels.types import StatsPlan
+from creditrl.kernels.types import AUX_OUTPUTS, DIFF_OUTPUTS, StatsPlan
 
 
 @dataclass
@@ -195,3 +195,24 @@ def logit_grad_coefficients(
     return LogitGradCoefficients(
         c0=c0 * inv_t, c1=-h * inv_t, c2=c2 * inv_t, c3=c3 * inv_t, cy=cy, cq=cq, cr=-r * inv_t
     )
+
+
+# ---- the autograd Functions' shared packing (chunked and Triton backends) ----------------------------------------
+def pack_outputs(ctx, stats: dict[str, Tensor], plan: StatsPlan, empty: Tensor) -> tuple[Tensor, ...]:
+    """The forward's return value in the fixed order DIFF_OUTPUTS + AUX_OUTPUTS (absent ones as `empty`).
+
+    Marks the aux outputs non-differentiable, and the soft Lp-Reg proxy too (detached by definition,
+    types.LpRegProxy); gradients of unused outputs arrive as None (`set_materialize_grads(False)`).
+    """
+    diff = tuple(stats.get(name, empty) for name in DIFF_OUTPUTS)
+    aux = tuple(stats.get(name, empty) for name in AUX_OUTPUTS)
+    soft_proxy = plan.lp_reg is not None and plan.lp_reg.soft
+    ctx.mark_non_differentiable(*aux, *(diff[DIFF_OUTPUTS.index(k)] for k in ("proxy_log_mass", "proxy_logp")
+                                        if soft_proxy))
+    ctx.set_materialize_grads(False)
+    return diff + aux
+
+
+def output_grads(grad_outputs: tuple) -> dict[str, Tensor]:
+    """The backward's incoming gradients by output name, dropping the absent and empty ones."""
+    return {name: g for name, g in zip(DIFF_OUTPUTS, grad_outputs) if g is not None and g.numel() > 0}

@@ -24,7 +24,9 @@ from torch import Tensor
 
 from creditrl.kernels import triton_kernels as K
 from creditrl.kernels.dispatch import triton_interpreting
-from creditrl.kernels.formulas import ProxyMoments, RowMoments, finalize, logit_grad_coefficients, proxy_threshold
+from creditrl.kernels.formulas import (
+    ProxyMoments, RowMoments, finalize, logit_grad_coefficients, output_grads, pack_outputs, proxy_threshold,
+)
 from creditrl.kernels.types import AUX_OUTPUTS, DIFF_OUTPUTS, StatsPlan
 
 logger = logging.getLogger(__name__)
@@ -173,20 +175,13 @@ class _TritonTokenStats(torch.autograd.Function):
 
         ctx.plan, ctx.cfg, ctx.workspace_bytes, ctx.mom, ctx.pmom = plan, cfg, workspace_bytes, mom, pmom
         ctx.save_for_backward(hidden, weight, targets, ref_hidden, ref_weight)
-        empty = hidden.new_zeros(0, dtype=torch.float32)
-        diff = tuple(stats.get(name, empty) for name in DIFF_OUTPUTS)
-        aux = tuple(stats.get(name, empty) for name in AUX_OUTPUTS)
-        soft_proxy = plan.lp_reg is not None and plan.lp_reg.soft  # detached by definition (types.LpRegProxy)
-        ctx.mark_non_differentiable(*aux, *(diff[DIFF_OUTPUTS.index(k)] for k in ("proxy_log_mass", "proxy_logp")
-                                            if soft_proxy))
-        ctx.set_materialize_grads(False)
-        return diff + aux
+        return pack_outputs(ctx, stats, plan, hidden.new_zeros(0, dtype=torch.float32))
 
     @staticmethod
     def backward(ctx, *grad_outputs):
         hidden, weight, targets, ref_hidden, ref_weight = ctx.saved_tensors
         plan, cfg, mom, pmom = ctx.plan, ctx.cfg, ctx.mom, ctx.pmom
-        grads = {name: g for name, g in zip(DIFF_OUTPUTS, grad_outputs) if g is not None and g.numel() > 0}
+        grads = output_grads(grad_outputs)
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not grads or not (need_x or need_w):
             return None, None, None, None, None, None, None

@@ -33,7 +33,7 @@ from torch import Tensor
 from creditrl.algorithms import Algorithm
 from creditrl.config.schema import RecipeConfig
 from creditrl.learner.dp_split import MiniPlan
-from creditrl.distributed.ds_config import deepspeed_config
+from creditrl.learner.ds_config import deepspeed_config
 from creditrl.weights.broadcast import TensorMeta, make_group, make_store, send_buckets
 from creditrl.weights.buckets import ObjectStoreTransport, is_adapter_tensor, plan_buckets_by_numel
 from creditrl.learner import core

@@ -3,7 +3,7 @@
 import pytest
 
 from creditrl.config import load_config
-from creditrl.distributed.ds_config import deepspeed_config
+from creditrl.learner.ds_config import deepspeed_config
 from creditrl.distributed.errors import describe_failure
 from creditrl.distributed.ray_runtime import resolve_address, worker_env
 
