@@ -73,17 +73,13 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Resume from the latest checkpoint of the run "
                                 "(same as checkpoint.resume=auto)"),
 ):
-    """Run an RL recipe: generate, reward, update, evaluate, checkpoint."""
+    """Run a recipe: RL (generate, reward, update) or, with a `preference:` section, DPO / TDPO / cDPO;
+    evaluate, checkpoint. Same loop on `resources.backend` local and ray."""
 
     def go():
         _quiet_libraries()
         cfg = _load(recipe, list(overrides or []) + (["checkpoint.resume=auto"] if resume else []))
         logging.getLogger().setLevel(cfg.logging.level)
-        if cfg.preference is not None:  # offline preference recipe (DPO / TDPO / cDPO)
-            from creditrl.preference.trainer import train_preference
-
-            train_preference(cfg)
-            return
         from creditrl.trainer.loop import train as run_train
 
         result = run_train(cfg)

@@ -13,7 +13,7 @@ scores p_t = softmax((1+β_CE) z_pos − β_CE z_neg)[y_t] come from a positive 
 response's weights are w⁻ = 1 − p_t (critical = low CE probability), the chosen ones are 1 (`only_neg`, the
 reference default) or p_t.
 
-No Ray/DeepSpeed imports: this is pure math, called by `creditrl.preference`.
+No Ray/DeepSpeed imports: this is pure math, called by `pair_loss.py` (the learner's preference step).
 """
 
 from __future__ import annotations

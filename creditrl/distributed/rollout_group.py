@@ -10,12 +10,17 @@ re-run: the actor is killed and restarted in the same slot, re-synced to the cur
 by the WeightSync of creditrl/distributed/weight_sync.py), and given the same chunk with the same seed.
 Nothing is lost or duplicated: the step gets exactly one result per prompt. After
 `resources.max_rollout_restarts` restarts the run stops with an error that names the actor and node.
+
+Collective calls (joining a broadcast group, receiving a broadcast) wait for the actors together and report
+the first failure at once (`on_failure`), so the caller can abort the group instead of leaving the other
+members blocked in it until the group timeout.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import replace
 from typing import Callable
 
@@ -108,41 +113,56 @@ class RolloutGroup:
         self.weight_version = version
 
     # ---- broadcast / IPC weight sync (driven by creditrl/distributed/weight_sync.py) ----------------------
-    def _wait_each(self, refs: dict) -> tuple[dict, dict[int, BaseException]]:
-        """Wait for {actor: ref}; returns (results, failures) instead of raising."""
+    def _wait_all(self, refs: dict, call: str,
+                  on_failure: Callable[[str], None] | None = None) -> tuple[dict, dict[int, BaseException]]:
+        """Wait for {actor: ref} in completion order; returns (results, failures) instead of raising.
+        `on_failure(description)` runs once, at the first failure (an actor that errs, dies or times out)."""
         import ray
 
+        pending = {ref: i for i, ref in refs.items()}
         results, failures = {}, {}
-        for i, ref in refs.items():
-            try:
-                results[i] = ray.get(ref, timeout=self.timeout)
-            except (ray.exceptions.RayError, TimeoutError) as exc:
-                failures[i] = exc
+        deadline = time.monotonic() + self.timeout
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:  # the rest hung past resources.call_timeout_s
+                failures.update({i: TimeoutError(f"{call} did not return within {self.timeout:.0f} s")
+                                 for i in pending.values()})
+                pending.clear()
+            for ref in ready:
+                i = pending.pop(ref)
+                try:
+                    results[i] = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    failures[i] = exc
+            if failures and on_failure is not None:
+                i, exc = next(iter(failures.items()))
+                on_failure(describe_failure("rollout actor", self.infos[i], call, exc, "").split("\n")[0])
+                on_failure = None
         return results, failures
 
     def join_sync_group(self, backend: str, host: str, port: int, prefix: str, world_size: int,
-                        timeout_s: float) -> None:
-        """Every actor joins the broadcast group as rank i + 1 (rank 0 is learner rank 0)."""
+                        timeout_s: float, on_failure: Callable[[str], None] | None = None
+                        ) -> dict[int, BaseException]:
+        """Every actor joins the broadcast group as rank i + 1 (rank 0 is learner rank 0); returns the actors
+        that failed (empty on success)."""
         refs = {i: a.join_sync_group.remote(backend, host, port, prefix, i + 1, world_size, timeout_s)
                 for i, a in enumerate(self.actors)}
-        _, failures = self._wait_each(refs)
-        if failures:
-            i, exc = next(iter(failures.items()))
-            raise WorkerFailure(describe_failure("rollout actor", self.infos[i], "join weight-sync group", exc, ""))
+        return self._wait_all(refs, "join weight-sync group", on_failure)[1]
 
-    def receive_weights(self, manifest: list, version: int) -> dict[int, BaseException]:
+    def receive_weights(self, manifest: list, version: int,
+                        on_failure: Callable[[str], None] | None = None) -> dict[int, BaseException]:
         """Every actor receives one broadcast sync; returns the actors that failed (empty on success)."""
         refs = {i: a.receive_weights.remote(manifest, version) for i, a in enumerate(self.actors)}
-        _, failures = self._wait_each(refs)
+        failures = self._wait_all(refs, "receive_weights", on_failure)[1]
         if not failures:
             self.weight_version = version
         return failures
 
-    def load_ipc_bucket(self, handles: dict[int, object], version: int) -> dict[int, BaseException]:
-        """Actor i loads one CUDA IPC bucket from `handles[i]`; returns the actors that failed."""
-        refs = {i: self.actors[i].load_ipc_bucket.remote(h, version) for i, h in handles.items()}
-        _, failures = self._wait_each(refs)
-        return failures
+    def load_ipc_bucket(self, handles: dict[int, object], index: int, count: int,
+                        version: int) -> dict[int, BaseException]:
+        """Actor i loads bucket `index` of `count` from `handles[i]` (CUDA IPC); returns the actors that failed."""
+        refs = {i: self.actors[i].load_ipc_bucket.remote(h, index, count, version) for i, h in handles.items()}
+        return self._wait_all(refs, f"load_ipc_bucket({index})")[1]
 
     def restart_failed(self, failures: dict[int, BaseException], call: str, resync: bool = False) -> None:
         """Restart every failed actor (WorkerFailure past resources.max_rollout_restarts)."""
@@ -187,7 +207,13 @@ class RolloutGroup:
         return ray.get(self.actors[i].weights.remote(), timeout=self.timeout)
 
     def shutdown(self) -> None:
+        """Stop every actor: its engine first (vLLM's engine processes), then the actor itself."""
         import ray
 
+        stopping = [a.shutdown.remote() for a in self.actors]
+        try:
+            ray.get(stopping, timeout=60)
+        except (ray.exceptions.RayError, TimeoutError) as exc:  # dead or stuck: killed below anyway
+            log.warning("rollout actors did not stop cleanly: %s", exc)
         for a in self.actors:
             ray.kill(a)

@@ -10,6 +10,11 @@ micro-batch losses of rank r, each normalised by the global totals. DeepSpeed av
 world (divides the sum by W), so each rank back-propagates W * L_r and the reduced gradient is
 (1/W) * sum_r W * grad L_r = grad L.
 
+Preference runs (a recipe with `preference:`) use the same rank: `preference_update` / `evaluate_pairs` run
+`creditrl/learner/preference.py` on this rank's share of the pairs; the pair forward goes through the
+DeepSpeed engine (`TokenStatsModule` with a `PairRequest`), and the reference / cDPO models are frozen copies
+on every rank (with LoRA: the policy with its adapter disabled).
+
 ZeRO-3 notes (architecture.md §2.4): the lm_head weight is used outside its module's forward (the fused
 log-prob op takes `head.weight`), so it is registered as an external parameter of the wrapper module and is
 gathered for the wrapper's forward; weight buckets are gathered with `GatheredParameters` on every rank in the
@@ -24,8 +29,10 @@ import math
 import os
 import socket
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -37,7 +44,10 @@ from creditrl.learner.ds_config import deepspeed_config
 from creditrl.weights.broadcast import TensorMeta, make_group, make_store, send_buckets
 from creditrl.weights.buckets import ObjectStoreTransport, is_adapter_tensor, plan_buckets_by_numel
 from creditrl.learner import core
+from creditrl.learner import preference as pref
 from creditrl.learner.batch import MicroBatch, RolloutBatch
+from creditrl.learner.pair_stats import ReferenceStats, pair_token_stats
+from creditrl.learner.pairs import Pair
 from creditrl.models.build import build_optimizer, build_policy, build_reference
 from creditrl.learner.token_stats import decoder_and_head, micro_batch_token_stats
 
@@ -47,16 +57,29 @@ DS_CHECKPOINT_DIR = "deepspeed"  # ZeRO shards (model, optimizer, scheduler) ins
 DS_TAG = "state"
 
 
+@dataclass(frozen=True)
+class PairRequest:
+    """A preference pair forward through the engine: `pair_token_stats` with these reference statistics."""
+
+    keys: list[str]
+    refs: ReferenceStats
+    want_kl: bool
+
+
 class TokenStatsModule(torch.nn.Module):
-    """The DeepSpeed-wrapped module: forward = per-token stats of a micro-batch (so ZeRO hooks see it)."""
+    """The DeepSpeed-wrapped module: forward = per-token stats of a micro-batch (so ZeRO hooks see it); with a
+    `PairRequest`, the pair statistics of a preference micro-batch (reference lookup included: with LoRA the
+    reference is this policy with its adapter disabled, whose lm_head ZeRO-3 gathers only inside this forward)."""
 
     def __init__(self, policy, temperature: float, autocast_bf16: bool):
         super().__init__()
         self.policy = policy
         self.temperature, self.autocast_bf16 = temperature, autocast_bf16
 
-    def forward(self, mb, want: tuple[str, ...], keep_hidden: bool = False,
-                kernel_options: dict | None = None) -> dict[str, Tensor]:
+    def forward(self, mb, want: tuple[str, ...] = (), keep_hidden: bool = False,
+                kernel_options: dict | None = None, pair: PairRequest | None = None) -> dict[str, Tensor]:
+        if pair is not None:
+            return pair_token_stats(self.policy, mb, pair.keys, pair.refs, pair.want_kl, self.autocast_bf16)
         return micro_batch_token_stats(self.policy, mb, self.temperature, want, self.autocast_bf16, kernel_options,
                                        keep_hidden=keep_hidden)
 
@@ -85,8 +108,11 @@ class DeepSpeedLearnerWorker:
         self.device = torch.device("cuda", torch.cuda.current_device()) if rc.use_gpu else torch.device("cpu")
         self.policy = build_policy(cfg.model).to(self.device)
         self.ref = None  # with LoRA the reference is the base model with the adapter disabled
-        if Algorithm(cfg.algorithm).stats.ref_logprobs and not cfg.model.lora.enabled:
+        if cfg.preference is None and Algorithm(cfg.algorithm).stats.ref_logprobs and not cfg.model.lora.enabled:
             self.ref = build_reference(cfg.model).to(self.device)  # a full copy per rank (tiny models)
+        self.pref = None  # preference runs: reference / cDPO models and their statistics caches, on this rank
+        if cfg.preference is not None:
+            self.pref = pref.build_preference_models(cfg, self.policy, self.device, partitioned=rc.zero_stage == 3)
         self.module = TokenStatsModule(self.policy, cfg.rollout.temperature, cfg.model.autocast_bf16)
         if rc.zero_stage == 3:
             deepspeed.zero.register_external_parameter(self.module, decoder_and_head(self.policy)[1].weight)
@@ -163,6 +189,10 @@ class DeepSpeedLearnerWorker:
     def set_train(self, mode: bool) -> None:
         self.engine.train(mode)
 
+    def pair_stats(self, mb: MicroBatch, keys: list[str], refs: ReferenceStats, want_kl: bool) -> dict[str, Tensor]:
+        """The `PairShell` forward of creditrl/learner/preference.py, through the DeepSpeed engine."""
+        return self.engine(_to_device(mb, self.device), pair=PairRequest(keys, refs, want_kl))
+
     # ---- the learner step (creditrl/learner/core.py), on this rank's rows --------------------------------
     def compute_old_stats(self, batch: RolloutBatch, algorithm: Algorithm, plans: list[MiniPlan]) -> dict:
         """pi_old / pi_ref statistics of this rank's real rows (`core.old_pass`)."""
@@ -177,6 +207,23 @@ class DeepSpeedLearnerWorker:
         if self.rank != 0:
             part.algorithm_state = None
         return part
+
+    def preference_update(self, pairs: Sequence[Pair], plan: pref.Plan) -> pref.PairUpdatePart:
+        """This rank's share of a preference step (`preference.update`); the group reduces the shares."""
+        part = pref.update(self, pairs, plan, self.cfg, self._preference_models(), self.rank,
+                           skipped_before=self.skipped_steps)
+        self.skipped_steps = part.skipped_steps
+        part.lr = self.engine.get_lr()[0]
+        return part
+
+    def evaluate_pairs(self, pairs: Sequence[Pair], plan: pref.Plan) -> dict[str, float]:
+        """This rank's sums of the held-out pair metrics (`preference.evaluate_share`)."""
+        return pref.evaluate_share(self, pairs, plan, self._preference_models(), self.rank)
+
+    def _preference_models(self) -> pref.PreferenceModels:
+        if self.pref is None:
+            raise ValueError("preference_update / evaluate_pairs need a recipe with a `preference:` section")
+        return self.pref
 
     # ---- weights -----------------------------------------------------------------------------------------
     def _sync_params(self, adapter_only: bool) -> list[tuple[str, torch.nn.Parameter]]:

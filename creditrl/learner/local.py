@@ -1,9 +1,10 @@
 """The single-process learner shell: one policy (and reference) model, torch AdamW, in this process.
 
 The step itself (planning, old/ref pass, loss inputs, token-scope statistics, composed loss, non-finite
-handling, metrics) is `creditrl/learner/core.py`, shared with the DeepSpeed ranks; this shell supplies the
-forward, backward and optimizer step, and the checkpoint layout. `Learner` is the protocol the step loop
-drives; `LocalLearner` and the Ray `LearnerGroup` implement it.
+handling, metrics) is `creditrl/learner/core.py`, shared with the DeepSpeed ranks; the preference step
+(DPO / TDPO / cDPO) is `creditrl/learner/preference.py`, shared the same way. This shell supplies the forward,
+backward and optimizer step, and the checkpoint layout. `Learner` is the protocol the step loop drives;
+`LocalLearner` and the Ray `LearnerGroup` implement it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterator, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -19,7 +20,10 @@ from torch import Tensor
 from creditrl.algorithms import Algorithm
 from creditrl.config import RecipeConfig
 from creditrl.learner import core
+from creditrl.learner import preference as pref
 from creditrl.learner.batch import MicroBatch, RolloutBatch
+from creditrl.learner.pair_stats import ReferenceStats, pair_token_stats
+from creditrl.learner.pairs import Pair, plan_pairs
 from creditrl.learner.token_stats import decoder_and_head, micro_batch_token_stats
 from creditrl.models.build import build_optimizer, build_policy, build_reference
 
@@ -30,6 +34,10 @@ class Learner(Protocol):
     def compute_old_stats(self, batch: RolloutBatch, algorithm: Algorithm) -> dict[str, float]: ...
 
     def update(self, batch: RolloutBatch, algorithm: Algorithm) -> dict[str, float]: ...
+
+    def preference_update(self, pairs: Sequence[Pair]) -> dict[str, float]: ...
+
+    def evaluate_pairs(self, pairs: Sequence[Pair]) -> dict[str, float]: ...
 
     def named_weights(self) -> Iterator[tuple[str, Tensor]]: ...
 
@@ -44,7 +52,9 @@ class LocalLearner:
     def __init__(self, cfg: RecipeConfig, algorithm: Algorithm, total_optimizer_steps: int, pad_id: int):
         self.cfg, self.pad_id = cfg, pad_id
         self.policy = build_policy(cfg.model)
-        self.ref = build_reference(cfg.model) if algorithm.stats.ref_logprobs else None
+        rl_ref = cfg.preference is None and algorithm.stats.ref_logprobs
+        self.ref = build_reference(cfg.model) if rl_ref else None
+        self.pref = pref.build_preference_models(cfg, self.policy) if cfg.preference is not None else None
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
         self.total_optimizer_steps = total_optimizer_steps
         self.optimizer, self.scheduler = build_optimizer(self.params, cfg.train, total_optimizer_steps)
@@ -69,7 +79,9 @@ class LocalLearner:
         return nullcontext()
 
     def head_weight(self) -> Tensor:
-        return decoder_and_head(self.policy)[1].weight.detach()
+        # a copy: a detached view would follow the in-place optimizer steps of the update, so later mini-batches
+        # would pair pi_old's hidden states with an updated lm_head (the DeepSpeed shell gathers a copy too)
+        return decoder_and_head(self.policy)[1].weight.detach().clone()
 
     def backward(self, loss: Tensor) -> None:
         loss.backward()
@@ -87,6 +99,10 @@ class LocalLearner:
     def set_train(self, mode: bool) -> None:
         self.policy.train(mode)
 
+    def pair_stats(self, mb: MicroBatch, keys: list[str], refs: ReferenceStats, want_kl: bool) -> dict[str, Tensor]:
+        """The `PairShell` forward of creditrl/learner/preference.py."""
+        return pair_token_stats(self.policy, mb, keys, refs, want_kl, self.cfg.model.autocast_bf16)
+
     # ---- the Learner protocol ----------------------------------------------------------------------------
     def compute_old_stats(self, batch: RolloutBatch, algorithm: Algorithm) -> dict[str, float]:
         """Fill batch.stats with pi_old / pi_ref statistics (`core.store_old_stats`); returns metrics."""
@@ -100,6 +116,24 @@ class LocalLearner:
                            skipped_before=self.skipped_steps)
         self.skipped_steps = part.skipped_steps
         return core.reduce_update([part], self.scheduler.get_last_lr()[0])
+
+    def preference_update(self, pairs: Sequence[Pair]) -> dict[str, float]:
+        """One optimizer step on a batch of preference pairs (`preference.update`); returns its metrics."""
+        self.optimizer.zero_grad(set_to_none=True)
+        plan = plan_pairs(pairs, self.cfg.train.micro_batch_tokens_per_worker)
+        part = pref.update(self, pairs, plan, self.cfg, self._preference_models(), skipped_before=self.skipped_steps)
+        self.skipped_steps = part.skipped_steps
+        return pref.reduce_update([part], self.scheduler.get_last_lr()[0])
+
+    def evaluate_pairs(self, pairs: Sequence[Pair]) -> dict[str, float]:
+        """Held-out pair metrics `eval/pref_acc`, ... (`preference.reduce_evaluation`)."""
+        plan = plan_pairs(pairs, self.cfg.train.micro_batch_tokens_per_worker)
+        return pref.reduce_evaluation([pref.evaluate_share(self, pairs, plan, self._preference_models())])
+
+    def _preference_models(self) -> pref.PreferenceModels:
+        if self.pref is None:
+            raise ValueError("preference_update / evaluate_pairs need a recipe with a `preference:` section")
+        return self.pref
 
     # ---- weights, checkpoints ----------------------------------------------------------------------------
     def named_weights(self) -> Iterator[tuple[str, Tensor]]:
@@ -138,6 +172,10 @@ class LocalLearner:
 
 
 def count_optimizer_steps(cfg: RecipeConfig) -> int:
+    """Optimizer steps of the whole run (the learning-rate schedule's length): one per step for preference
+    training, ppo_epochs x mini-batches per step for RL."""
+    if cfg.preference is not None:
+        return cfg.train.steps
     per_step = cfg.train.global_batch_prompts // cfg.mini_batch_prompts_resolved
     return cfg.train.steps * cfg.train.ppo_epochs * per_step
 

@@ -1,9 +1,8 @@
-"""Preference pairs: loading (prompt, chosen, rejected) rows, the synthetic arithmetic pairs, and pair batches.
+"""Preference pairs: loading (prompt, chosen, rejected) rows and the synthetic arithmetic pairs.
 
-A pair batch of B pairs is a `RolloutBatch` of 2B sequences, chosen responses first (rows 0..B-1) and rejected
-ones after (rows B..2B-1), so chosen and rejected run in one concatenated forward (spec §15.1) through the RL
-trainer's micro-batch and token-stats code. Each response is tokenize(text + suffix) + EOS; the EOS is a scored
-response token (TDPO includes it, §15.2).
+Each response is tokenize(text + suffix) + EOS; the EOS is a scored response token (TDPO includes it, §15.2).
+How the learner batches pairs (chosen and rejected rows in one forward, micro-batches, the data-parallel split)
+is `creditrl/learner/pairs.py`.
 """
 
 from __future__ import annotations
@@ -14,12 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from creditrl.data import DataError
 from creditrl.data.dataset import load_rows
 from creditrl.data.synthetic import add_without_carry
-from creditrl.learner.batch import RolloutBatch, partition_by_tokens
 
 log = logging.getLogger(__name__)
 
@@ -100,25 +96,3 @@ def write_arithmetic_pairs(task_dir: str | Path, out_dir: str | Path | None = No
                     n += 1
         log.info("wrote %d %s pairs to %s", n, split, out / f"{split}_pairs.jsonl")
     return out
-
-
-def pair_batch(pairs: list[PreferencePair], pad_id: int) -> RolloutBatch:
-    """2B-row batch: chosen responses in rows 0..B-1, rejected in rows B..2B-1 (response-aligned, right-padded)."""
-    responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
-    t = max(len(r) for r in responses)
-    ids = torch.full((len(responses), t), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(responses), t)
-    for i, r in enumerate(responses):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
-    prompts = [list(p.prompt_ids) for p in pairs] * 2
-    keys = [f"{p.key}/chosen" for p in pairs] + [f"{p.key}/rejected" for p in pairs]
-    n = len(responses)
-    return RolloutBatch(prompts, ids, mask, torch.zeros_like(mask), torch.zeros(n), torch.arange(n) % len(pairs),
-                        keys, torch.ones(n, dtype=torch.bool))
-
-
-def pair_micro_batches(pairs: list[PreferencePair], tokens_per_micro_batch: int) -> list[list[int]]:
-    """Consecutive groups of pair indices whose padded 2-sequence footprint fits the token budget."""
-    lengths = [len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
-    return partition_by_tokens(lengths, max(1, tokens_per_micro_batch // 2))

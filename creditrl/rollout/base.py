@@ -88,3 +88,7 @@ class RolloutEngine(Protocol):
     def update_weights(self, named_tensors: Iterable[tuple[str, Tensor]], version: int) -> None:
         """Load new policy weights (HF parameter names) and set the weight version."""
         ...
+
+    def shutdown(self) -> None:
+        """Release the engine (vLLM: stop its engine process); a no-op for in-process engines."""
+        ...

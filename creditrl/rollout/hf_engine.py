@@ -103,3 +103,7 @@ class HFGenerateEngine:
     def set_version(self, version: int) -> None:
         """Shared-module mode: the learner updated the weights in place; record the version."""
         self.weight_version = version
+
+    def shutdown(self) -> None:
+        """Nothing to stop: the model lives in this process (kept: a shared module belongs to the learner)."""
+        return None

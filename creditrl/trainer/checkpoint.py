@@ -1,10 +1,14 @@
 """Checkpoints with exact resume.
 
+The same save and restore serve RL and preference runs on both learners (the learner writes its own part).
+
 Layout under `<run_dir>/checkpoints/`:
 
     step_000020/model/              save_pretrained weights (or the LoRA adapter) + tokenizer
-    step_000020/learner_state.pt    optimizer, scheduler, skipped-step counter
-    step_000020/trainer_state.pt    step, RNG states (python, numpy, torch), data sampler, algorithm state
+    step_000020/learner_state.pt    LocalLearner: optimizer, scheduler, skipped-step counter
+    step_000020/deepspeed/          LearnerGroup (Ray): DeepSpeed's sharded model/optimizer/scheduler state
+    step_000020/trainer_state.pt    step, RNG states (python, numpy, torch), data sampler, algorithm state,
+                                    the evaluation before training
     step_000020/config.yaml         the resolved config
     latest                          name of the newest complete checkpoint, written last
 
@@ -100,16 +104,12 @@ def load_trainer_state(path: Path) -> dict:
     return torch.load(path / "trainer_state.pt", weights_only=False)
 
 
-def restore(resume_from: Path, learner, sampler, algorithm=None) -> tuple[int, dict]:
-    """Load a checkpoint into the learner, the data sampler, the algorithm state and the RNGs.
-
-    Returns (step of the checkpoint, the evaluation made before training). The caller must then make the
-    rollout engines use the loaded weights before the first generation.
+def restore(resume_from: Path, learner) -> dict:
+    """Load a checkpoint into the learner and the RNGs; returns its trainer state: `step`, `eval_before` (the
+    evaluation made before training) and what the run kind saved (data sampler, algorithm state), which the
+    caller loads. The caller must then make the rollout engines use the loaded weights before generating.
     """
     learner.load(resume_from)
     state = load_trainer_state(resume_from)
-    sampler.load_state_dict(state["sampler"])
-    if algorithm is not None:
-        algorithm.load_state_dict(state["algorithm"])
     set_rng_state(state["rng"])
-    return state["step"], state.get("eval_before", {})
+    return state

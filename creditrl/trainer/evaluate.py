@@ -11,6 +11,7 @@ from math import comb
 
 import torch
 
+from creditrl.config import RecipeConfig
 from creditrl.data import PromptDataset
 from creditrl.rewards import RewardManager, RewardSample
 from creditrl.rollout.base import RolloutEngine, SamplingParams
@@ -54,3 +55,12 @@ def evaluate(engine: RolloutEngine, data: PromptDataset, rewards: RewardManager,
             metrics[f"eval/pass@{pass_k}"] = sum(pass_at_k(len(s), sum(s), pass_k) for s in sampled) / len(sampled)
             metrics["eval/sample_acc"] = sum(sum(s) / len(s) for s in sampled) / len(sampled)
     return metrics
+
+
+def evaluate_task(cfg: RecipeConfig, engine: RolloutEngine, data: PromptDataset, rewards: RewardManager, tokenizer,
+                  tag: str) -> dict[str, float]:
+    """`evaluate` with the recipe's settings (eval.pass_k, eval.temperature, rollout.max_new_tokens / top_p);
+    the evaluation seed is fixed per run (`seed + 7919`), so every evaluation of a run samples alike."""
+    return evaluate(engine, data, rewards, tokenizer, max_new_tokens=cfg.rollout.max_new_tokens,
+                    pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
+                    seed=cfg.seed + 7919, tag=tag)

@@ -1,15 +1,22 @@
-"""The RL step loop, top to bottom: one loop for every backend (`creditrl/trainer/runtime.py` supplies the
-rollout engine, the learner and weight sync of `resources.backend`).
+"""The step loop, top to bottom: one loop for every backend and for both kinds of runs.
 
-    for each step:
-        gen        sample n responses for each of `global_batch_prompts` prompts
-        reward     score them (a raising reward scores 0 and is counted)
-        filter     DAPO dynamic sampling (optional): drop groups whose rewards are all equal, sample more
-        old/ref    per-token log-probs (and entropy etc.) of pi_old and pi_ref, same micro-batches as training
-        adv        advantages (KL-in-reward first, if configured)
-        update     ppo_epochs x mini-batches of optimizer steps with the composed loss
-        sync       push the new weights to the rollout engine (version += 1)
-        eval/ckpt  when due; metrics to JSONL (+ TensorBoard) and one console line
+`creditrl/trainer/runtime.py` supplies the rollout engine, the learner and weight sync of `resources.backend`;
+a `StepKind` supplies what differs between an RL run and an offline preference run (`preference:` section):
+
+    RLSteps          gen        sample n responses for each of `global_batch_prompts` prompts
+                     reward     score them (a raising reward scores 0 and is counted)
+                     filter     DAPO dynamic sampling (optional): drop groups whose rewards are all equal
+                     old/ref    per-token log-probs (and entropy etc.) of pi_old and pi_ref
+                     adv        advantages (KL-in-reward first, if configured)
+                     update     ppo_epochs x mini-batches of optimizer steps with the composed loss
+                     eval       held-out greedy accuracy / pass@k through the rollout engine
+    PreferenceSteps  update     `preference.batch_pairs` pairs from the pair sampler, one optimizer step
+    (trainer/        eval       held-out pair metrics (the learner) + greedy task accuracy (the rollout engine)
+     preference.py)
+
+and the loop does the rest, once: resume, weight sync after every update (version += 1, so the engine used for
+evaluation has the new weights on every backend), evaluation when due, checkpoints, metrics to JSONL
+(+ TensorBoard), one console line per step, and the end-of-run evaluation.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -32,11 +39,12 @@ from creditrl.rewards import RewardManager, RewardSample
 from creditrl.rollout.base import RolloutOutput, SamplingParams
 from creditrl.trainer import checkpoint as ckpt
 from creditrl.learner.batch import RolloutBatch
-from creditrl.trainer.evaluate import evaluate
+from creditrl.trainer.evaluate import evaluate_task
 from creditrl.learner.local import count_optimizer_steps
 from creditrl.models.build import load_tokenizer
 from creditrl.trainer.metrics import MetricsWriter, summary_line
 from creditrl.trainer.progress import StepProgress
+from creditrl.trainer.preference import PreferenceSteps
 from creditrl.trainer.runtime import Runtime, make_runtime
 
 log = logging.getLogger(__name__)
@@ -57,27 +65,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_run_data(cfg: RecipeConfig):
+def load_run_data(cfg: RecipeConfig, tokenizer=None):
     """(tokenizer, train prompts, eval prompts capped at eval.max_prompts, prompt sampler) of a recipe."""
-    tokenizer = load_tokenizer(cfg.model.path)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model.path)
     train_data, eval_data = load_prompt_datasets(cfg.data, tokenizer, cfg.seed)
     if cfg.eval.max_prompts and len(eval_data) > cfg.eval.max_prompts:
         eval_data.rows = eval_data.rows[: cfg.eval.max_prompts]
     return tokenizer, train_data, eval_data, PromptSampler(len(train_data), cfg.seed, cfg.data.shuffle)
-
-
-def held_out_evaluator(cfg: RecipeConfig, engine, eval_data, rewards: RewardManager, tokenizer):
-    """A function tag -> held-out metrics (greedy accuracy, pass@k, time taken) for the recipe's settings."""
-
-    def run_eval(tag: str) -> dict[str, float]:
-        t0 = time.perf_counter()
-        m = evaluate(engine, eval_data, rewards, tokenizer, max_new_tokens=cfg.rollout.max_new_tokens,
-                     pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
-                     seed=cfg.seed + 7919, tag=tag)
-        m["timing_s/testing"] = time.perf_counter() - t0
-        return m
-
-    return run_eval
 
 
 def score_rollout(out: RolloutOutput, prompts: list, tokenizer, rewards: RewardManager, step: int):
@@ -212,31 +206,116 @@ def learn(batch: RolloutBatch, learner, algorithm: Algorithm, timing: dict[str, 
     return metrics
 
 
-def save_step(run_dir: Path, step: int, learner, tokenizer, sampler, algorithm: Algorithm,
-              eval_before: dict[str, float], config_yaml: str, cfg: RecipeConfig) -> float:
-    """Checkpoint after `step` (learner state, data position, algorithm state); returns the seconds taken."""
+def save_step(run_dir: Path, step: int, learner, tokenizer, state: dict, config_yaml: str,
+              cfg: RecipeConfig) -> float:
+    """Checkpoint after `step` (learner state + `state`: the kind's data position / algorithm state and the
+    evaluation before training); returns the seconds taken."""
     t0 = time.perf_counter()
-    state = {"sampler": sampler.state_dict(), "algorithm": algorithm.state_dict(), "eval_before": eval_before}
     ckpt.save_checkpoint(run_dir, step, learner, tokenizer, state, config_yaml, cfg.checkpoint.keep)
     return time.perf_counter() - t0
 
 
-def finish_run(run_dir: Path, total: int, eval_before: dict[str, float], run_eval, writer: MetricsWriter,
-               console, history: list[dict]) -> TrainResult:
-    """The end-of-run held-out evaluation, written as `final/*` metrics and printed beside the one before RL."""
-    eval_after = run_eval("eval/final")
+class StepKind(Protocol):
+    """What differs between the kinds of runs; everything else is the loop's (`_run`)."""
+
+    label: str  # the progress bar's label
+
+    def describe(self) -> str:
+        """One log line about the run's data."""
+        ...
+
+    def run_step(self, step: int, runtime: Runtime, timing: dict[str, float]) -> dict[str, float]:
+        """The data and learner part of step `step` (timed into `timing`): its metrics. The loop syncs after."""
+        ...
+
+    def evaluate(self, runtime: Runtime, tag: str) -> dict[str, float]:
+        """Held-out metrics of the current weights (the rollout engine is synced)."""
+        ...
+
+    def step_metrics(self, timing: dict[str, float], step_time: float) -> dict[str, float]:
+        """Throughput and timings of the step just run (`timing_s/step` = `step_time`)."""
+        ...
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs besides the learner (data position, algorithm state)."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def summary_line(self, step: int, total: int, metrics: dict[str, float]) -> str: ...
+
+    def eval_line(self, after: bool, metrics: dict[str, float]) -> str:
+        """The console line of the evaluation before (`after` False) or after training."""
+        ...
+
+
+class RLSteps:
+    """The RL kind: generate and score (`generate_and_score`), then the learner stages (`learn`)."""
+
+    def __init__(self, cfg: RecipeConfig, tokenizer, rewards: RewardManager, algorithm: Algorithm):
+        self.cfg, self.tokenizer, self.rewards, self.algorithm = cfg, tokenizer, rewards, algorithm
+        _, self.train_data, self.eval_data, self.sampler = load_run_data(cfg, tokenizer)
+        self.label = "train"
+        self._batch: RolloutBatch | None = None
+
+    def describe(self) -> str:
+        return f"{len(self.train_data)} train / {len(self.eval_data)} eval prompts"
+
+    def run_step(self, step: int, runtime: Runtime, timing: dict[str, float]) -> dict[str, float]:
+        batch, metrics = generate_and_score(self.cfg, step, runtime.engine, self.sampler, self.train_data,
+                                            self.tokenizer, self.rewards, timing)
+        runtime.before_learn()
+        metrics.update(learn(batch, runtime.learner, self.algorithm, timing))
+        self._batch = batch
+        return metrics
+
+    def evaluate(self, runtime: Runtime, tag: str) -> dict[str, float]:
+        t0 = time.perf_counter()
+        m = evaluate_task(self.cfg, runtime.engine, self.eval_data, self.rewards, self.tokenizer, tag)
+        m["timing_s/testing"] = time.perf_counter() - t0
+        return m
+
+    def step_metrics(self, timing: dict[str, float], step_time: float) -> dict[str, float]:
+        return perf_metrics(self._batch, timing, step_time)
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict(), "algorithm": self.algorithm.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.algorithm.load_state_dict(state["algorithm"])
+
+    def summary_line(self, step: int, total: int, metrics: dict[str, float]) -> str:
+        return summary_line(step, total, metrics)
+
+    def eval_line(self, after: bool, metrics: dict[str, float]) -> str:
+        return _eval_line("after RL " if after else "before RL", metrics)
+
+
+def make_steps(cfg: RecipeConfig, tokenizer, rewards: RewardManager, algorithm: Algorithm) -> StepKind:
+    """The kind of run a recipe is: preference training with a `preference:` section, RL otherwise."""
+    if cfg.preference is not None:
+        return PreferenceSteps(cfg, tokenizer, rewards)
+    return RLSteps(cfg, tokenizer, rewards, algorithm)
+
+
+def finish_run(run_dir: Path, total: int, eval_before: dict[str, float], kind: StepKind, runtime: Runtime,
+               writer: MetricsWriter, console, history: list[dict]) -> TrainResult:
+    """The end-of-run held-out evaluation, written as `final/*` metrics and printed beside the one before."""
+    eval_after = kind.evaluate(runtime, "eval/final")
     writer.write(total, {f"final/{k.split('/', 1)[1]}": v for k, v in eval_after.items()})
     writer.close()
-    console.print(_eval_line("before RL", eval_before))
-    console.print(_eval_line("after RL ", eval_after))
+    console.print(kind.eval_line(False, eval_before))
+    console.print(kind.eval_line(True, eval_after))
     return TrainResult(run_dir, total, eval_before, eval_after, history)
 
 
 def train(cfg: RecipeConfig, console=None,
           on_step_start: Callable[[int, object], None] | None = None) -> TrainResult:
-    """Run an RL recipe end to end on its backend (`resources.backend`); the run directory and evaluations.
+    """Run a recipe end to end (RL, or preference training with a `preference:` section) on its backend
+    (`resources.backend`); the run directory and evaluations.
 
-    on_step_start: test hook, called with (step, rollout engine) before each step's generation.
+    on_step_start: test hook, called with (step, rollout engine) at the start of each step.
     """
     from creditrl.trainer.progress import make_console
 
@@ -247,72 +326,70 @@ def train(cfg: RecipeConfig, console=None,
     (run_dir / "config.yaml").write_text(config_yaml)
     seed_everything(cfg.seed)
 
-    tokenizer, train_data, eval_data, sampler = load_run_data(cfg)
+    tokenizer = load_tokenizer(cfg.model.path)
     algorithm = Algorithm(cfg.algorithm)
     rewards = RewardManager.from_config(cfg.reward)
     runtime = None
     try:
+        kind = make_steps(cfg, tokenizer, rewards, algorithm)
         runtime = make_runtime(cfg, algorithm, count_optimizer_steps(cfg), tokenizer.pad_token_id,
                                tokenizer.eos_token_id)
-        log.info("run %s (%s backend, %s rollout): %d train / %d eval prompts", run_dir, cfg.resources.backend,
-                 cfg.rollout.engine, len(train_data), len(eval_data))
-        return _run(cfg, console, run_dir, config_yaml, runtime, tokenizer, train_data, eval_data, sampler,
-                    algorithm, rewards, on_step_start)
+        log.info("run %s (%s backend, %s rollout): %s", run_dir, cfg.resources.backend, cfg.rollout.engine,
+                 kind.describe())
+        return _run(cfg, console, run_dir, config_yaml, runtime, kind, tokenizer, on_step_start)
     finally:
         rewards.close()
         if runtime is not None:
             runtime.shutdown()
 
 
-def _run(cfg: RecipeConfig, console, run_dir: Path, config_yaml: str, runtime: Runtime, tokenizer, train_data,
-         eval_data, sampler: PromptSampler, algorithm: Algorithm, rewards: RewardManager,
+def _run(cfg: RecipeConfig, console, run_dir: Path, config_yaml: str, runtime: Runtime, kind: StepKind, tokenizer,
          on_step_start) -> TrainResult:
-    learner, engine = runtime.learner, runtime.engine
+    learner = runtime.learner
     start_step = 0
     eval_before: dict[str, float] = {}
     resume_from = ckpt.resolve_resume(cfg.checkpoint.resume, run_dir)
     if resume_from is not None:
-        start_step, eval_before = ckpt.restore(resume_from, learner, sampler, algorithm)
+        state = ckpt.restore(resume_from, learner)
+        kind.load_state_dict(state)
+        start_step, eval_before = state["step"], state.get("eval_before", {})
         console.print(f"[bold]resumed[/] from {resume_from} at step {start_step}")
     runtime.sync(start_step)  # the rollout engines start from the learner's weights (fresh, LoRA init or resumed)
     writer = MetricsWriter(run_dir, cfg.logging.tensorboard, resume_step=start_step if resume_from else None)
 
-    run_eval = held_out_evaluator(cfg, engine, eval_data, rewards, tokenizer)
     if resume_from is None:
-        eval_before = run_eval("eval/step0")
+        eval_before = kind.evaluate(runtime, "eval/step0")
         writer.write(0, eval_before)
-        console.print(_eval_line("before RL", eval_before))
+        console.print(kind.eval_line(False, eval_before))
 
     history = []
     total = cfg.train.steps
-    with StepProgress(console, total, start_step, enabled=cfg.logging.progress) as progress:
+    with StepProgress(console, total, start_step, enabled=cfg.logging.progress, label=kind.label) as progress:
         for step in range(start_step + 1, total + 1):
             t_step = time.perf_counter()
             timing: dict[str, float] = {}
             if on_step_start is not None:
-                on_step_start(step, engine)
-            batch, metrics = generate_and_score(cfg, step, engine, sampler, train_data, tokenizer, rewards, timing)
-            runtime.before_learn()
-
-            metrics.update(learn(batch, learner, algorithm, timing))
+                on_step_start(step, runtime.engine)
+            metrics = kind.run_step(step, runtime, timing)
 
             t0 = time.perf_counter()
             metrics.update(runtime.sync(step))
             timing["update_weights"] = time.perf_counter() - t0
 
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step != total:
-                metrics.update(run_eval(f"eval/step{step}"))
-            metrics.update(perf_metrics(batch, timing, time.perf_counter() - t_step))
+                metrics.update(kind.evaluate(runtime, f"eval/step{step}"))
+            metrics.update(kind.step_metrics(timing, time.perf_counter() - t_step))
             metrics.update(runtime.step_metrics())
 
             if step == total or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
-                metrics["timing_s/save_checkpoint"] = save_step(run_dir, step, learner, tokenizer, sampler,
-                                                                algorithm, eval_before, config_yaml, cfg)
+                state = {**kind.state_dict(), "eval_before": eval_before}
+                metrics["timing_s/save_checkpoint"] = save_step(run_dir, step, learner, tokenizer, state,
+                                                                config_yaml, cfg)
             writer.write(step, metrics)
             history.append({"step": step, **metrics})
-            progress.advance(summary_line(step, total, metrics))
+            progress.advance(kind.summary_line(step, total, metrics))
 
-    return finish_run(run_dir, total, eval_before, run_eval, writer, console, history)
+    return finish_run(run_dir, total, eval_before, kind, runtime, writer, console, history)
 
 
 def _adv_inputs(batch: RolloutBatch):

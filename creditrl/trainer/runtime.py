@@ -93,6 +93,4 @@ class LocalRuntime:
         return {"rollout/actor_restarts": 0.0}
 
     def shutdown(self) -> None:
-        shutdown = getattr(self.engine, "shutdown", None)  # vLLM: stop the engine process
-        if shutdown is not None:
-            shutdown()
+        self.engine.shutdown()  # vLLM: stop its engine process

