@@ -50,7 +50,8 @@ def evaluate(engine: RolloutEngine, data: PromptDataset, rewards: RewardManager,
         greedy = _correct(engine, data, rewards, SamplingParams(1, 0.0, 1.0, max_new_tokens), tokenizer, tag)
         metrics["eval/greedy_acc"] = sum(g[0] for g in greedy) / len(greedy)
         if pass_k > 0:
-            sampled = _correct(engine, data, rewards, SamplingParams(pass_k, temperature, top_p, max_new_tokens),
+            sampled = _correct(engine, data, rewards, SamplingParams(pass_k, temperature, top_p, max_new_tokens,
+                                                                         seed=seed),
                                tokenizer, tag)
             metrics[f"eval/pass@{pass_k}"] = sum(pass_at_k(len(s), sum(s), pass_k) for s in sampled) / len(sampled)
             metrics["eval/sample_acc"] = sum(sum(s) / len(s) for s in sampled) / len(sampled)

@@ -167,12 +167,6 @@ class _Recorder:
                              [i for i, _ in rows])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "creditrl/trainer/evaluate.py seeds the driver's torch RNG (torch.manual_seed inside fork_rng) but calls "
-    "engine.generate with SamplingParams(seed=None): the in-process HF engine samples from that seed, a Ray "
-    "RolloutGroup draws a base seed from its own unsaved random.Random and a vLLM engine samples unseeded, so the "
-    "sampled evaluation (pass@k, sample_acc) differs between evaluations of one run and after a resume. Fix: "
-    "SamplingParams(..., seed=seed) in evaluate(); then drop NOT_RESUMABLE's pass@k / sample_acc entries."))
 def test_evaluation_passes_its_seed_to_the_engine(tiny_files):
     from creditrl.config import load_config
     from creditrl.data import load_prompt_datasets
