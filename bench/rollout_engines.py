@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -59,6 +60,17 @@ class WithThreads:
             torch.set_num_threads(before)
 
 
+class Unseeded:
+    """An engine called without a sampling seed (vLLM then samples the whole batch from one stream instead of one
+    torch.Generator per request): what seeding costs."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def generate(self, prompts, params):
+        return self.engine.generate(prompts, replace(params, seed=None))
+
+
 def timed_generate(engine, prompts, params) -> tuple[float, int, object]:
     """(seconds, generated tokens, output) of one generate call."""
     t0 = time.perf_counter()
@@ -85,7 +97,6 @@ def trainer_logprob_gap(model, out) -> tuple[float, float]:
 
 def determinism(make_engine, engine, prompts, params) -> dict:
     """vLLM seeded sampling: repeat, batch composition, and a restarted engine."""
-    from dataclasses import replace
 
     a = engine.generate(prompts, params)
     b = engine.generate(prompts, params)
@@ -115,6 +126,8 @@ def main() -> None:
                     help="vLLM with torch.compile (default: enforce_eager, the CPU default of rollout.vllm)")
     ap.add_argument("--hf-threads", type=int, nargs="+", default=None,
                     help="torch threads of the HF engine, one variant per value (default: torch's default and 1)")
+    ap.add_argument("--hidden-size", type=int, default=None, help="model width (default: the tiny model's 128)")
+    ap.add_argument("--layers", type=int, default=None, help="model depth (default: the tiny model's 4)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -124,13 +137,18 @@ def main() -> None:
     from creditrl.config import load_config
     from creditrl.data.synthetic import write_arithmetic_task
     from creditrl.models.build import load_causal_lm, load_tokenizer
-    from creditrl.models.tiny import build_tiny_model
+    from creditrl.models.tiny import TinyModelSpec, build_tiny_model
     from creditrl.rollout.base import SamplingParams
     from creditrl.rollout.factory import make_rollout_engine
 
     load_before = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="creditrl-rollout-bench-"))
-    model_dir = build_tiny_model(root / "model", seed=0)
+    spec = TinyModelSpec()
+    if args.hidden_size:
+        spec = replace(spec, hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size)
+    if args.layers:
+        spec = replace(spec, num_layers=args.layers)
+    model_dir = build_tiny_model(root / "model", spec, seed=0)
     tok = load_tokenizer(str(model_dir))
     prompts = load_prompts(write_arithmetic_task(root / "data", seed=0), tok, args.prompts)
     overrides = [f"model.path={model_dir}", f"rollout.vllm.enforce_eager={str(not args.compiled).lower()}",
@@ -146,6 +164,7 @@ def main() -> None:
     vllm, vllm_start_s = make("vllm")
     engines = {f"hf_{t}_threads": WithThreads(hf, t) for t in hf_threads}
     engines["vllm"] = vllm
+    engines["vllm_unseeded"] = Unseeded(vllm)
     params = lambda seed: SamplingParams(n=args.samples, temperature=1.0, max_new_tokens=args.new_tokens,  # noqa: E731
                                          seed=seed)
     for name, eng in engines.items():
@@ -167,7 +186,8 @@ def main() -> None:
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                     "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "loadavg_before": load_before,
                     "loadavg_after": os.getloadavg()},
-        "setup": {"prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens,
+        "setup": {"model": {"hidden_size": spec.hidden_size, "layers": spec.num_layers,
+                            "parameters": sum(p.numel() for p in trainer.parameters())}, "prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens,
                   "repeats": args.repeats, "vllm_enforce_eager": not args.compiled},
         "vllm_start_s": vllm_start_s, "vllm_full_sync_s": sync_s,
     }
@@ -178,7 +198,7 @@ def main() -> None:
         result[name] = {"median_s": statistics.median(secs), "median_tokens_per_s": statistics.median(tps),
                         "min_tokens_per_s": min(tps), "max_tokens_per_s": max(tps),
                         "trainer_logprob_gap_max": gap_max, "trainer_logprob_gap_mean": gap_mean}
-    best_hf = max(result[n]["median_tokens_per_s"] for n in engines if n != "vllm")
+    best_hf = max(result[n]["median_tokens_per_s"] for n in engines if n.startswith("hf"))
     result["speedup_vllm_over_best_hf"] = result["vllm"]["median_tokens_per_s"] / best_hf
     result["vllm_determinism"] = determinism(lambda: make("vllm")[0], vllm, prompts, params(7))
     print(json.dumps(result, indent=2))

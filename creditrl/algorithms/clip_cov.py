@@ -9,9 +9,11 @@
 
 Reference: verl 0.9.1 `compute_policy_loss_clip_cov` (algorithms.md section 2.8), originally
 `PRIME-RL/Entropy-Mechanism-of-RL`. verl draws with the global torch RNG (`torch.randperm`); here the draw uses
-a generator seeded from `seed` and advanced on every call, so runs are reproducible (section 17.2); with the
-same generator state the selection equals verl's (same candidate order, same randperm). The generator is not
-checkpointed: after a resume the random stream restarts from `seed`.
+a generator per data-parallel rank, advanced on every call, so runs are reproducible (section 17.2); with the
+same generator state the selection equals verl's (same candidate order, same randperm). Rank r's stream starts
+from `stream_seed(seed, r)` (rank 0: `seed` itself, so the single-process learner and rank 0 start alike) and
+its state is part of `state_dict` (checkpointed by the loop, carried back from the DeepSpeed ranks after each
+update), so the stream continues across steps on every backend and after a resume.
 Defaults are verl's (eps 0.2 / 0.2, ratio 2e-4, lb 1, ub 5); the original scripts use eps_low = eps_high = 1.
 
 token_stat_scope: `micro_batch` (default) is the reference: means, N_valid and the k-subset are per micro-batch.
@@ -141,16 +143,46 @@ class ClipCovConfig:
             raise ValueError(f"clip_cov.clip_low/clip_high must be >= 0 (got {self.clip_low}, {self.clip_high})")
 
 
+def stream_seed(seed: int, rank: int) -> int:
+    """Seed of data-parallel rank `rank`'s selection stream: `seed` on rank 0, distinct per rank."""
+    return seed if rank == 0 else (seed + rank * 0x9E3779B97F4A7C15) % 2**63
+
+
 @POLICY_LOSSES.register("clip_cov", ClipCovConfig)
 class ClipCov(ScopedPart):
-    """Clip-Cov: PPO clip loss with a few random high-covariance tokens detached (seeded)."""
+    """Clip-Cov: PPO clip loss with a few random high-covariance tokens detached (seeded, one stream per rank)."""
 
     needs = frozenset()
 
     def __init__(self, cfg: ClipCovConfig):
         self.cfg = cfg
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.rank = 0
+        self.generator = torch.Generator().manual_seed(stream_seed(cfg.seed, 0))
+        self._streams: dict[int, Tensor] = {}  # rank -> generator state, for the ranks this copy does not run
         self._stats = ScopedStats("clip_cov")
+
+    def begin_update(self, rank: int) -> None:
+        """Draw from rank `rank`'s stream from now on; forget the other ranks' (they report their own)."""
+        streams = {**self._streams, self.rank: self.generator.get_state()}
+        self.rank = rank
+        self.generator = torch.Generator()
+        if rank in streams:
+            self.generator.set_state(streams[rank])
+        else:
+            self.generator.manual_seed(stream_seed(self.cfg.seed, rank))
+        self._streams = {}
+
+    def state_dict(self) -> dict:
+        """{"streams": {rank: generator state}} of every rank this copy knows."""
+        return {"streams": {**self._streams, self.rank: self.generator.get_state().clone()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Merge the given ranks' streams (a DeepSpeed rank reports only its own; a checkpoint holds all)."""
+        for rank, gen_state in state.get("streams", {}).items():
+            if int(rank) == self.rank:
+                self.generator.set_state(gen_state)
+            else:
+                self._streams[int(rank)] = gen_state
 
     def _compute_stats(self, inputs: LossInputs, all_reduce: AllReduce) -> ClipCovScopeStats:
         c = self.cfg

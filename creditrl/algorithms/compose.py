@@ -180,11 +180,34 @@ class Algorithm:
         total = aggregate_loss(loss, inputs.mask, self.cfg.loss_agg, norm)
         return total, metrics
 
+    # ---- cross-step state ----------------------------------------------------------------------------
+    def _loss_parts(self) -> dict[str, object]:
+        named = {"policy_loss": self.policy_loss}
+        named.update({f"token_weights.{i}": w for i, w in enumerate(self.token_weights)})
+        named.update({f"regularizers.{i}": r for i, r in enumerate(self.regularizers)})
+        return named
+
+    def begin_update(self, rank: int = 0) -> None:
+        """Called by the learner core before a rank's update: parts with per-rank state (Clip-Cov's random
+        stream) switch to rank `rank`'s."""
+        for p in self._loss_parts().values():
+            if hasattr(p, "begin_update"):
+                p.begin_update(rank)
+
     def state_dict(self) -> dict:
-        return {"advantage": self.advantage.state_dict()}
+        """The advantage estimator's state and every loss part's that has one (checkpointed, and carried back
+        from the DeepSpeed ranks after each update)."""
+        loss_parts = {k: p.state_dict() for k, p in self._loss_parts().items() if hasattr(p, "state_dict")}
+        return {"advantage": self.advantage.state_dict(), "parts": {k: v for k, v in loss_parts.items() if v}}
 
     def load_state_dict(self, state: dict) -> None:
         self.advantage.load_state_dict(state.get("advantage", {}))
+        named = self._loss_parts()
+        for key, part_state in state.get("parts", {}).items():
+            if key not in named or not hasattr(named[key], "load_state_dict"):
+                raise ValueError(f"the saved algorithm state has '{key}', which this recipe's algorithm lacks: "
+                                 f"resume with the recipe the run was started with")
+            named[key].load_state_dict(part_state)
 
 
 def _reward_on_last_token(rewards: Tensor, mask: Tensor) -> Tensor:

@@ -105,8 +105,8 @@ class LearnerGroup:
 
     def update(self, batch: RolloutBatch, algorithm: Algorithm) -> dict[str, float]:
         parts = self._call_all("update", batch, algorithm, self.plan(batch), call="update")
-        if parts[0].algorithm_state is not None:
-            algorithm.load_state_dict(parts[0].algorithm_state)
+        for part in parts:  # each rank's per-rank state (e.g. Clip-Cov's stream); the shared state is equal on all
+            algorithm.load_state_dict(part.algorithm_state)
         return core.reduce_update(parts, parts[0].lr)
 
     def preference_update(self, pairs: Sequence[Pair]) -> dict[str, float]:

@@ -220,6 +220,7 @@ def update(shell: Shell, batch: RolloutBatch, algorithm: Algorithm, plans: list[
     budget = cfg.train.micro_batch_tokens_per_worker
     ctx = LossContext(req, cfg.rollout.temperature, shell.head_weight() if req.old_hidden else None)
     out = UpdatePart(skipped_steps=skipped_before)
+    algorithm.begin_update(rank)
     if scope == "global":
         prepare_scope(shell, batch, list(range(len(batch))), algorithm, ctx, current=False, micro_budget=budget)
     for _ in range(cfg.train.ppo_epochs):

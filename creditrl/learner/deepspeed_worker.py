@@ -204,8 +204,6 @@ class DeepSpeedLearnerWorker:
                            skipped_before=self.skipped_steps)
         self.skipped_steps = part.skipped_steps
         part.lr = self.engine.get_lr()[0]
-        if self.rank != 0:
-            part.algorithm_state = None
         return part
 
     def preference_update(self, pairs: Sequence[Pair], plan: pref.Plan) -> pref.PairUpdatePart:

@@ -299,11 +299,17 @@ def make_steps(cfg: RecipeConfig, tokenizer, rewards: RewardManager, algorithm: 
     return RLSteps(cfg, tokenizer, rewards, algorithm)
 
 
+def _final_key(key: str) -> str:
+    """`eval/accuracy` -> `final/accuracy`; other groups keep theirs (`timing_s/testing` -> `timing_s/final_testing`)."""
+    group, name = key.split("/", 1)
+    return f"final/{name}" if group == "eval" else f"{group}/final_{name}"
+
+
 def finish_run(run_dir: Path, total: int, eval_before: dict[str, float], kind: StepKind, runtime: Runtime,
                writer: MetricsWriter, console, history: list[dict]) -> TrainResult:
     """The end-of-run held-out evaluation, written as `final/*` metrics and printed beside the one before."""
     eval_after = kind.evaluate(runtime, "eval/final")
-    writer.write(total, {f"final/{k.split('/', 1)[1]}": v for k, v in eval_after.items()})
+    writer.write(total, {_final_key(k): v for k, v in eval_after.items()})
     writer.close()
     console.print(kind.eval_line(False, eval_before))
     console.print(kind.eval_line(True, eval_after))

@@ -121,6 +121,57 @@ def test_clip_cov_validation():
         ClipCovConfig(clip_cov_lb=5.0, clip_cov_ub=1.0)
 
 
+def _clip_cov_algorithm(seed: int = 3) -> Algorithm:
+    options = ClipCovConfig(clip_cov_ratio=0.25, clip_cov_lb=-1e9, clip_cov_ub=1e9, seed=seed)
+    return Algorithm(AlgorithmConfig(policy_loss=PartSpec("clip_cov", options)))
+
+
+def _selected(alg: Algorithm, batch) -> torch.Tensor:
+    lp, old, adv, mask = batch
+    per_token = alg.policy_loss(LossInputs(lp, old, adv, mask))[0]  # one draw from the part's current stream
+    return (per_token == 0) & (mask > 0) & (adv != 0)
+
+
+def test_clip_cov_stream_is_checkpointed_and_resumes_exactly():
+    batch = random_batch(11)
+    full = _clip_cov_algorithm()
+    full.begin_update(0)
+    _selected(full, batch)
+    saved = full.state_dict()
+    expected = [_selected(full, batch) for _ in range(3)]
+    resumed = _clip_cov_algorithm()
+    resumed.load_state_dict(saved)
+    resumed.begin_update(0)
+    assert [torch.equal(a, _selected(resumed, batch)) for a in expected] == [True] * 3
+    restarted = _clip_cov_algorithm()  # without the state the stream restarts: a different selection
+    restarted.begin_update(0)
+    assert not all(torch.equal(a, _selected(restarted, batch)) for a in expected)
+
+
+def test_clip_cov_one_stream_per_rank_merged_by_load_state_dict():
+    batch = random_batch(12)
+    driver = _clip_cov_algorithm()
+    ranks = [_clip_cov_algorithm() for _ in range(2)]  # the copies the DeepSpeed ranks unpickle
+    for r, alg in enumerate(ranks):
+        alg.load_state_dict(driver.state_dict())
+        alg.begin_update(r)
+    picks = [_selected(alg, batch) for alg in ranks]
+    assert not torch.equal(picks[0], picks[1])  # the ranks draw different numbers
+    states = [alg.state_dict()["parts"]["policy_loss"]["streams"] for alg in ranks]
+    assert [set(s) for s in states] == [{0}, {1}]  # each rank reports only its own stream
+    for alg in ranks:
+        driver.load_state_dict(alg.state_dict())
+    merged = driver.state_dict()["parts"]["policy_loss"]["streams"]
+    assert set(merged) == {0, 1} and all(torch.equal(merged[r], states[r][r]) for r in (0, 1))
+    # rank 0 of a fresh single-process learner starts from the same stream as DeepSpeed rank 0
+    local = _clip_cov_algorithm()
+    local.begin_update(0)
+    assert torch.equal(_selected(local, batch), picks[0])
+    # a state from another algorithm is an error that says what to do
+    with pytest.raises(ValueError, match="resume with the recipe"):
+        Algorithm(AlgorithmConfig()).load_state_dict(driver.state_dict())
+
+
 # ---- KL-Cov ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("ratio,kappa", [(2e-4, 0.1), (0.2, 1.0), (1.0, 0.5)])
 def test_kl_cov_penalises_the_top_k_covariance_tokens(ratio, kappa):

