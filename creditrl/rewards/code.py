@@ -3,8 +3,10 @@
 The program is the last fenced code block of the response (```python ... ``` or a bare ``` block). The tests
 come from `sample.meta["tests"]` if present, else from the dataset answer parsed as JSON, in one of two forms:
 
-- assert tests (MBPP / HumanEval style): a list of Python statements, run after the program in its namespace,
-  e.g. `["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]`;
+- assert tests (MBPP / HumanEval style): a list of Python statements, e.g.
+  `["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]`, run by a judge process that the program can not reach;
+  the names a test takes from the program are remote references that return plain values (see
+  sandbox_child.py), so comparisons never use the program's own `__eq__`, builtins or modules;
 - stdio tests (APPS / CodeContests style): a list of `{"input": ..., "output": ...}`; the program runs once per
   test with `input` on stdin, and its stdout must equal `output` (trailing whitespace on each line and trailing
   blank lines ignored). Outputs are compared here, outside the sandbox.
@@ -112,8 +114,10 @@ def _run_problem(res: SandboxResult, limits: SandboxLimits, penalize_strays: boo
     program_error = next((r["program_error"] for r in res.records if "program_error" in r), None)
     if program_error:
         return f"program raised {program_error}"
+    if any(r.get("program_exited") for r in res.records):
+        return "the program exited before its tests ran"
     if res.exit_code not in (0, None):
-        return f"harness exit code {res.exit_code}: {res.output_tail[-200:]}"
+        return f"program exit code {res.exit_code}: {res.output_tail[-200:]}"
     return ""
 
 

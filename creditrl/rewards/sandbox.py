@@ -7,25 +7,26 @@ Each call starts one sandbox (`sandbox_child.py`, see its docstring for the proc
 | threat | containment |
 |---|---|
 | network | new network namespace with only a down loopback: every connect fails |
-| files outside the working directory | every mount remounted read-only in a private mount namespace, and the program runs as a unique unprivileged uid; the working directory is a size-capped tmpfs that vanishes with the sandbox |
+| host IPC: Unix sockets (files such as docker.sock, abstract names), FIFOs, /dev/shm, SysV IPC | a minimal root (pivot_root): read-only /usr and Python directories, generated /etc, 5 device nodes, fresh /proc, tmpfs /tmp and /dev/shm; no host /tmp, /run, /var, /home, /sys. seccomp: socket() only for AF_INET/AF_INET6 (socketpair stays); private net and IPC namespaces |
+| files and secrets outside the working directory | not in the sandbox's root at all (private home directories, the repository, host /tmp); the program runs as a unique unprivileged uid; the working directory is a size-capped tmpfs that vanishes with the sandbox |
 | secrets in the environment | the launcher gets a fixed minimal environment; nothing is inherited |
+| other processes (signals, ptrace, /proc) | own pid namespace with a fresh /proc; seccomp denies ptrace, process_vm_*, pidfd_getfd, kcmp; new namespaces, mounts, io_uring, bpf, keyrings, syslog denied |
 | fork bomb | RLIMIT_NPROC on a uid used by this sample only |
 | memory bomb | RLIMIT_AS |
 | infinite loop | RLIMIT_CPU per process, and a wall-clock limit enforced here |
-| background processes | the program is in its own pid namespace; when it exits, its init exits and the kernel kills the rest (and reports how many were left) |
+| background processes | the program is in its own pid namespace; when it exits they are counted and killed |
 | huge output | the pipes are read with a byte cap; over it the sandbox is killed; RLIMIT_FSIZE caps files |
 | interpreter crash (ctypes) | only the sandboxed process dies; reported with its signal |
+| forged test results (reward hacking) | `asserts`: the tests run in a separate judge process (own uid) that the program can not reach; the program's functions are called over a pipe and only plain values come back, compared by the judge (see sandbox_child.py). `stdio`: the outputs are compared here |
 
 On timeout the launcher gets SIGTERM (it SIGKILLs the namespace init, which takes the namespace down) and then
 the whole process group gets SIGKILL, before the launcher is reaped (so the group id can not be reused). The sandbox needs root and Linux namespaces (CI and most training nodes
 run as root); without them `sandbox_unavailable_reason()` says why and the code reward refuses to start, rather
 than running model code unsandboxed.
 
-Limitation (reward hacking, not host safety): in `asserts` mode the tests run in the same interpreter as the
-program, so a program can defeat them, e.g. by returning an object whose `__eq__` is always true, or by
-introspecting the harness to forge its reports. Results are framed with a per-run nonce and written through
-functions bound before the program runs, which stops programs that exit early or patch `os.write`/`json`.
-`stdio` mode compares outputs outside the sandbox and can not be forged that way.
+Remaining limits (docs/rewards.md has the full threat model): kernel exploits through the allowed syscalls,
+timing and CPU/memory-bandwidth side channels, and whatever a test itself lets the program decide (e.g. a
+test that asks the program's own object `obj.is_valid()`).
 """
 
 from __future__ import annotations
