@@ -3,10 +3,15 @@
 With `S_i = sum_t m[i,t] L[i,t]`, `n_i = sum_t m[i,t]`, `N = sum_i n_i`:
 
     token-mean               sum_i S_i / N                               (DAPO token-level loss)
+    token-sum                sum_i S_i                                   (verl 0.9.1; no normaliser)
     seq-mean-token-sum       sum_i S_i / B                               (B = sequences with n_i > 0)
     seq-mean-token-mean      sum_i [n_i>0] S_i / n_i / B                 (GRPO paper)
     seq-mean-token-sum-norm  sum_i S_i / (B * K)                         (Dr.GRPO, K = fixed max response length)
     only-token-mean          sum_i S_i / B                               (DCPO "OTM", = seq-mean-token-sum)
+
+`token-sum` (verl 0.9.1 `agg_loss`: `dp_size * masked_sum`) has no normaliser, so its scale grows with the batch
+and response length: size the learning rate (and `train.max_grad_norm`) for it. The learner's `world * loss` backward
+under DeepSpeed's rank averaging makes it the sum over the whole mini-batch, as verl's dp factor does.
 
 `AggregationNorm` supplies the mini-batch totals (N, B, K) so that the micro-batch losses of a mini-batch sum
 to exactly the mini-batch loss; verl 0.9.1's engine path has the same semantics. Where a total is missing, the
@@ -29,6 +34,7 @@ from creditrl.algorithms.base import AggregationNorm
 
 LOSS_AGG_MODES = (
     "token-mean",
+    "token-sum",
     "seq-mean-token-sum",
     "seq-mean-token-mean",
     "seq-mean-token-sum-norm",
@@ -46,6 +52,8 @@ def aggregate_loss(loss: Tensor, mask: Tensor, mode: str, norm: AggregationNorm 
     if mode == "token-mean":
         num_tokens = norm.num_tokens if norm.num_tokens is not None else seq_len.sum().clamp_min(1.0)
         return seq_sum.sum() / num_tokens
+    if mode == "token-sum":
+        return seq_sum.sum()
     if mode in ("seq-mean-token-sum", "only-token-mean"):
         return (seq_sum * valid).sum() / num_seqs
     if mode == "seq-mean-token-mean":

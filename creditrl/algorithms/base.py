@@ -43,6 +43,9 @@ class AdvantageInputs:
     token_rewards: Tensor | None = None  # [B, T] per-token rewards (e.g. reward minus KL-in-reward penalty)
     old_logprobs: Tensor | None = None  # [B, T]
     old_entropy: Tensor | None = None  # [B, T]
+    # per-reward-function rewards, for grpo multi_objective: normalize_then_sum (None when the trainer has none):
+    reward_components: Tensor | None = None  # [B, K] unweighted reward of each of the K functions of reward.fns
+    reward_weights: Tensor | None = None  # [K] their weights (reward.fns[k].weight), in the same order
 
 
 @dataclass

@@ -173,12 +173,14 @@ class ClipCov(ScopedPart):
         self._streams = {}
 
     def state_dict(self) -> dict:
-        """{"streams": {rank: generator state}} of every rank this copy knows."""
-        return {"streams": {**self._streams, self.rank: self.generator.get_state().clone()}}
+        """{"streams": {"rank": generator state as hex}} of every rank this copy knows (JSON-safe)."""
+        streams = {**self._streams, self.rank: self.generator.get_state()}
+        return {"streams": {str(r): bytes(st.tolist()).hex() for r, st in sorted(streams.items())}}
 
     def load_state_dict(self, state: dict) -> None:
         """Merge the given ranks' streams (a DeepSpeed rank reports only its own; a checkpoint holds all)."""
-        for rank, gen_state in state.get("streams", {}).items():
+        for rank, hex_state in state.get("streams", {}).items():
+            gen_state = torch.tensor(list(bytes.fromhex(hex_state)), dtype=torch.uint8)
             if int(rank) == self.rank:
                 self.generator.set_state(gen_state)
             else:

@@ -6,7 +6,7 @@
       token_weights: [{name: steer}]                    # applied in order
       regularizers: [{name: entropy_bonus, coef: 0.001}]
       loss_agg: token-mean
-      kl: {coef: 0.001, estimator: k3, placement: loss}
+      kl: {coef: 0.001, estimator: k3, placement: loss, bias_correction: false}
       token_stat_scope: micro_batch
 
 The per-micro-batch loss, top to bottom:
@@ -49,7 +49,7 @@ from creditrl.algorithms.aggregation import LOSS_AGG_MODES, aggregate_loss
 from creditrl.algorithms.base import AdvantageInputs, AggregationNorm, LossInputs, Metrics
 from creditrl.algorithms.hapo_clip import HapoClip
 from creditrl.algorithms.hapo_redistribution import HapoRedistribution
-from creditrl.algorithms.kl import KLLoss, KLLossConfig, kl_reward_penalty
+from creditrl.algorithms.kl import KLLoss, KLLossConfig, check_estimator, kl_reward_penalty
 from creditrl.algorithms.needs import StatRequest, stat_request
 from creditrl.algorithms.registry import ADVANTAGES, POLICY_LOSSES, REGULARIZERS, TOKEN_WEIGHTS
 from creditrl.algorithms.token_scope import AllReduce, check_scope, local_all_reduce
@@ -63,9 +63,14 @@ class KLConfig:
     coef: float = 0.0
     estimator: str = "k3"
     placement: Literal["loss", "reward"] = "loss"
+    bias_correction: bool = False  # KL_t * exp(l - l_old), not detached (TRL use_bias_correction_kl); loss only
 
     def __post_init__(self):
-        KLLossConfig(self.coef, self.estimator)  # validates the estimator name
+        check_estimator(self.estimator, "algorithm.kl.estimator")
+        if self.bias_correction and self.placement == "reward":
+            raise ValueError("algorithm.kl.bias_correction: true weights the KL loss term by the current/old ratio, "
+                             "but kl.placement is reward (the penalty uses the old policy, so the ratio is 1): "
+                             "use placement: loss or set bias_correction: false")
 
 
 @dataclass
@@ -85,6 +90,12 @@ class AlgorithmConfig:
         if self.loss_agg not in LOSS_AGG_MODES:
             raise ValueError(f"unknown loss_agg '{self.loss_agg}'; choose one of {', '.join(LOSS_AGG_MODES)}")
         check_scope(self.token_stat_scope)
+        adv = self.advantage
+        if (getattr(adv.options, "multi_objective", None) == "normalize_then_sum" and self.kl.coef > 0
+                and self.kl.placement == "reward"):
+            raise ValueError(f"algorithm.advantage {adv.name}: multi_objective: normalize_then_sum normalises the "
+                             f"per-function rewards, so the kl.placement: reward penalty would be ignored: use "
+                             f"kl.placement: loss, or multi_objective: sum_then_normalize")
 
 
 class Algorithm:
@@ -97,7 +108,7 @@ class Algorithm:
         self.token_weights = [TOKEN_WEIGHTS.build(p.name, p.options) for p in cfg.token_weights]
         self.regularizers = [REGULARIZERS.build(p.name, p.options) for p in cfg.regularizers]
         if cfg.kl.coef > 0 and cfg.kl.placement == "loss":
-            self.regularizers.append(KLLoss(KLLossConfig(cfg.kl.coef, cfg.kl.estimator)))
+            self.regularizers.append(KLLoss(KLLossConfig(cfg.kl.coef, cfg.kl.estimator, cfg.kl.bias_correction)))
         parts_ = [self.advantage, self.policy_loss, *self.token_weights, *self.regularizers]
         self.needs: frozenset[str] = frozenset().union(*(getattr(p, "needs", frozenset()) for p in parts_))
         if cfg.kl.coef > 0:

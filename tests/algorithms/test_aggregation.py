@@ -19,6 +19,8 @@ def reference(loss: list[list[float]], mask: list[list[float]], mode: str, K: fl
     nonempty = [i for i, n in enumerate(lens) if n > 0]
     if mode == "token-mean":
         return sum(sums) / sum(lens)
+    if mode == "token-sum":
+        return sum(sums)
     if mode in ("seq-mean-token-sum", "only-token-mean"):
         return sum(sums[i] for i in nonempty) / len(nonempty)
     if mode == "seq-mean-token-mean":
@@ -36,6 +38,7 @@ def t64(x):
     "mode,expected",
     [
         ("token-mean", -0.1388239235),
+        ("token-sum", -1.2214027582 - 0.9048374180 - 0.3678794412 + 1.0 + 0.8),  # verl 0.9.1 token-sum
         ("seq-mean-token-sum", -0.3470598087),
         ("seq-mean-token-mean", 0.0343133971),
         ("seq-mean-token-sum-norm", -0.1156866029),  # K = 3, verl 0.9.1
@@ -92,7 +95,7 @@ def test_dr_grpo_mode_requires_norm_len_and_unknown_mode_raises():
     with pytest.raises(ValueError, match="loss_agg_norm_len"):
         aggregate_loss(t64(LOSS), t64(MASK), "seq-mean-token-sum-norm")
     with pytest.raises(ValueError, match="unknown loss aggregation"):
-        aggregate_loss(t64(LOSS), t64(MASK), "token-sum")
+        aggregate_loss(t64(LOSS), t64(MASK), "legacy_local")
 
 
 def test_only_token_mean_is_a_valid_recipe_choice():

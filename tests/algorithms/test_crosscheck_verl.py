@@ -190,3 +190,89 @@ def test_tis_and_icepop_weights_equal_verl(level):
         o, oob = icepop_weights(old, rollout, mask, 0.5, 5.0)
         torch.testing.assert_close(o, v, rtol=1e-12, atol=1e-12)
         assert (oob.sum() / mask.sum()).item() == pytest.approx(m["rollout_is_oob_ratio"])
+
+
+# ---- issue 14: GPG, GMPO, SAPO, token-sum -----------------------------------------------------------------------
+from creditrl.algorithms.gmpo import gmpo_loss  # noqa: E402
+from creditrl.algorithms.gpg import gpg_advantages, gpg_loss  # noqa: E402
+from creditrl.algorithms.sapo import sapo_loss  # noqa: E402
+
+
+def test_gpg_advantage_equals_verl():
+    gen = torch.Generator().manual_seed(11)
+    groups = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 3, 4, 4])  # group 3 is a singleton
+    rewards = torch.randint(0, 3, (12,), generator=gen).to(torch.float64) * 0.5
+    rewards[4:7] = 0.0  # an all-zero group
+    rewards[9] = 0.7  # a non-zero singleton (mean 0: A = alpha R)
+    mask = (torch.rand(12, 5, generator=gen) > 0.2).to(torch.float64)
+    token_rewards = torch.zeros(12, 5, dtype=torch.float64)
+    token_rewards[:, 0] = rewards
+    v, _ = core.compute_gpg_outcome_advantage(token_rewards, mask, groups)
+    o, alpha = gpg_advantages(rewards, torch.tensor(groups), mask)
+    assert alpha == pytest.approx(12 / int((rewards != 0).sum()))
+    torch.testing.assert_close(o, v, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", [*MODES, "token-sum"])
+def test_gpg_loss_equals_verl(mode):
+    lp, old, adv, mask = batch(12)
+    v, gv, _ = verl_value_and_grad(core.compute_policy_loss_gpg, lp, old, adv, mask, mode, actor())
+    o, go, _ = ours_value_and_grad(lambda x: gpg_loss(x, old, adv, mask), lp, mask, mode)
+    rtol = 1e-7 if mode == "seq-mean-token-mean" else 1e-10  # verl divides by n_i + 1e-8
+    assert o == pytest.approx(v, rel=rtol, abs=1e-12)
+    torch.testing.assert_close(go, gv, rtol=rtol, atol=1e-12)
+
+
+@pytest.mark.parametrize("lo,hi,drift", [(0.4, 0.4, 0.8), (0.1, 0.3, 0.6), (0.4, 0.4, 0.02)])
+def test_gmpo_equals_verl_geo_mean(lo, hi, drift):
+    lp, old, adv, mask = batch(13, drift=drift)
+    mask[0, :3] = 1.0  # no empty response: verl averages over every row of the micro-batch
+    adv[2] = 0.0  # a zero advantage (sign 0)
+    mode = "seq-mean-token-mean"
+    v, gv, mv = verl_value_and_grad(core.compute_policy_loss_geo_mean, lp, old, adv, mask, mode,
+                                    actor(clip_ratio_low=lo, clip_ratio_high=hi))
+    o, go, mo = ours_value_and_grad(lambda x: gmpo_loss(x, old, adv, mask, lo, hi), lp, mask, mode)
+    assert o == pytest.approx(v, rel=1e-7, abs=1e-12)  # verl divides by n_i + 1e-8
+    torch.testing.assert_close(go, gv, rtol=1e-7, atol=1e-12)
+    assert mo["ppo_kl"].item() == pytest.approx(mv["actor/ppo_kl"], rel=1e-8, abs=1e-9)
+    if drift > 0.1:
+        assert mo["pg_clipfrac"].item() > 0 and mo["pg_clipfrac_lower"].item() > 0  # both bounds were active
+
+
+def test_gmpo_with_an_empty_row_is_verl_times_the_row_count():
+    lp, old, adv, mask = batch(14)  # row 0 empty
+    B = mask.shape[0]
+    v, gv, _ = verl_value_and_grad(core.compute_policy_loss_geo_mean, lp, old, adv, mask, "seq-mean-token-mean",
+                                   actor(clip_ratio_low=0.4, clip_ratio_high=0.4))
+    o, go, _ = ours_value_and_grad(lambda x: gmpo_loss(x, old, adv, mask), lp, mask, "seq-mean-token-mean")
+    # documented difference: verl (and TRL) count the empty response in the mean over rows, creditrl does not
+    assert v == pytest.approx(o * (B - 1) / B, rel=1e-7)
+    torch.testing.assert_close(gv, go * (B - 1) / B, rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("tau_pos,tau_neg,drift", [(1.0, 1.05, 0.4), (0.5, 2.0, 1.0)])
+def test_sapo_equals_verl(tau_pos, tau_neg, drift):
+    lp, old, adv, mask = batch(15, drift=drift)
+    adv[1, :2] = 0.0  # A = 0 takes tau_neg
+    mode = "seq-mean-token-mean"  # verl forces it
+    v, gv, mv = verl_value_and_grad(core.compute_policy_loss_sapo, lp, old, adv, mask, mode,
+                                    actor(tau_pos=tau_pos, tau_neg=tau_neg))
+    o, go, mo = ours_value_and_grad(lambda x: sapo_loss(x, old, adv, mask, tau_pos, tau_neg), lp, mask, mode)
+    assert o == pytest.approx(v, rel=1e-7, abs=1e-12)  # verl divides by n_i + 1e-8
+    torch.testing.assert_close(go, gv, rtol=1e-7, atol=1e-12)
+    assert mo["ppo_kl"].item() == pytest.approx(mv["actor/ppo_kl"], rel=1e-8, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", [16, 17])
+def test_token_sum_equals_verl_agg_loss(seed):
+    lp, old, adv, mask = batch(seed)
+    v, gv, _ = verl_value_and_grad(core.compute_policy_loss_vanilla, lp, old, adv, mask, "token-sum",
+                                   actor(clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_c=3.0))
+    o, go, _ = ours_value_and_grad(lambda x: ppo_clip_loss(x, old, adv, mask, 0.2, 0.28, 3.0), lp, mask, "token-sum")
+    assert o == pytest.approx(v, rel=1e-10, abs=1e-12)
+    torch.testing.assert_close(go, gv, rtol=1e-10, atol=1e-12)
+    loss_mat = torch.randn(5, 4, dtype=torch.float64)
+    m = (torch.rand(5, 4) > 0.3).to(torch.float64)
+    for dp in (1, 4):  # verl's engine path: dp * local sum (creditrl: the learner's world * loss backward)
+        ref = core.agg_loss(loss_mat, m, "token-sum", dp_size=dp)
+        assert (dp * aggregate_loss(loss_mat, m, "token-sum")).item() == pytest.approx(ref.item(), rel=1e-12)

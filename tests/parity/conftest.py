@@ -22,6 +22,9 @@ RL_RECIPES = (
     "tiny_gspo", "tiny_hapo", "tiny_high_entropy", "tiny_icepop", "tiny_kl_cov", "tiny_lp_reg", "tiny_math_format",
     "tiny_minpro", "tiny_nthr", "tiny_reinforce_pp", "tiny_reinforce_pp_baseline", "tiny_rloo", "tiny_steer",
     "tiny_thr", "tiny_thr_explore", "tiny_tis",
+    # issue 14: verl / TRL losses and options
+    "tiny_gpg", "tiny_gmpo", "tiny_sapo", "tiny_token_sum", "tiny_grpo_batch_std", "tiny_normalize_then_sum",
+    "tiny_kl_bias_corrected",
 )
 PREFERENCE_RECIPES = ("tiny_cdpo", "tiny_dpo", "tiny_tdpo1", "tiny_tdpo2")
 RAY_VARIANTS = ("tiny_grpo_ray", "tiny_grpo_ray_zero3")
