@@ -46,9 +46,18 @@ def _quiet_libraries(level: str = "INFO") -> None:
 def _user_errors():
     from creditrl.config import ConfigError
     from creditrl.data import DataError
+    from creditrl.learner.health import TrainingStopped
     from creditrl.models.build import ModelLoadError
+    from creditrl.rewards.base import RewardConfigError
 
-    return (ConfigError, DataError, ModelLoadError, FileNotFoundError)
+    return (ConfigError, DataError, ModelLoadError, RewardConfigError, TrainingStopped, FileNotFoundError,
+            IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def _error(message: str) -> None:
+    """One paragraph on stderr; the message is printed as text (no rich markup), so `[1.5, 0.9]` survives."""
+    err_console.print("error:", style="bold red", end=" ")
+    err_console.print(message, markup=False)
 
 
 def _run(fn, *args):
@@ -56,14 +65,22 @@ def _run(fn, *args):
     try:
         return fn(*args)
     except _user_errors() as e:
-        err_console.print(f"[bold red]error:[/] {e}")
+        _error(str(e))
         raise typer.Exit(2) from None
 
 
-def _load(recipe: str, overrides: list[str]):
+def _load(recipe: str, overrides: list[str], check: str | None = None):
+    """The resolved config; with `check` (train | sft | eval), also every file it names (creditrl/preflight.py)
+    before any heavy work."""
     from creditrl.config import load_config
 
-    return load_config(recipe, overrides)
+    origins: dict[str, str] = {}
+    cfg = load_config(recipe, overrides, origins)
+    if check is not None:
+        from creditrl.preflight import check_recipe
+
+        check_recipe(cfg, origins, check)
+    return cfg
 
 
 @app.command()
@@ -78,7 +95,7 @@ def train(
 
     def go():
         _quiet_libraries()
-        cfg = _load(recipe, list(overrides or []) + (["checkpoint.resume=auto"] if resume else []))
+        cfg = _load(recipe, list(overrides or []) + (["checkpoint.resume=auto"] if resume else []), check="train")
         logging.getLogger().setLevel(cfg.logging.level)
         from creditrl.trainer.loop import train as run_train
 
@@ -102,7 +119,7 @@ def sft(
         _quiet_libraries()
         from creditrl.trainer.sft import run_sft
 
-        run_sft(_load(recipe, list(overrides or [])))
+        run_sft(_load(recipe, list(overrides or []), check="sft"))
 
     _run(go)
 
@@ -119,6 +136,8 @@ def eval_cmd(
         _quiet_libraries()
         from creditrl.trainer.evaluate_cli import evaluate_target
 
+        if not Path(target).is_dir():  # a recipe: check it and what it names first (a run dir holds a checked one)
+            _load(target, list(overrides or []), check="eval")
         metrics = evaluate_target(target, list(overrides or []))
         console = Console(highlight=False)
         for k, v in metrics.items():
@@ -146,12 +165,22 @@ def config_show(
 def config_validate(
     recipe: str = typer.Argument(..., help="Recipe YAML"),
     overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    schema_only: bool = typer.Option(False, "--schema-only", help="Check keys, types and values only, not the "
+                                     "model, tokenizer, data and reward files the recipe names"),
+    command: str = typer.Option("train", "--for", help="Which command's files to check: train, sft or eval"),
 ):
-    """Check a recipe without running it (keys, types, values, divisibility)."""
+    """Check a recipe without running it: keys, types, ranges, divisibility, templates, and (unless
+    --schema-only) the model and tokenizer directories, data files and their fields, reward files."""
 
     def go():
-        _load(recipe, list(overrides or []))
-        Console(highlight=False).print(f"{recipe}: OK")
+        if command not in ("train", "sft", "eval"):
+            from creditrl.config import ConfigError
+
+            raise ConfigError(f"--for {command!r}: expected train, sft or eval")
+        if not schema_only:
+            _quiet_libraries("WARNING")
+        _load(recipe, list(overrides or []), check=None if schema_only else command)
+        Console(highlight=False).print(f"{recipe}: OK", markup=False)
 
     _run(go)
 

@@ -24,7 +24,15 @@ def test_config_show_and_validate():
     assert result.exit_code == 0
     assert "steps: 3" in result.output and "policy_loss" in result.output
     assert len(result.output.splitlines()) < 150
-    assert runner.invoke(app, ["config", "validate", "tiny_grpo"]).exit_code == 0
+    assert runner.invoke(app, ["config", "validate", "tiny_grpo", "--schema-only"]).exit_code == 0
+    # without --schema-only the files are checked too: here (no `creditrl tiny init`) the model is missing
+    result = runner.invoke(app, ["config", "validate", "tiny_grpo", "model.path=no/such/model"])
+    assert result.exit_code == 2 and "model.path=no/such/model" in " ".join(result.output.split())
+
+
+def test_error_messages_keep_square_brackets():
+    result = runner.invoke(app, ["config", "validate", "tiny_grpo", "train.adam_betas=[1.5,0.9]"])
+    assert result.exit_code == 2 and "[1.5, 0.9]" in result.output and "Traceback" not in result.output
 
 
 def expect_user_error(args, *phrases):

@@ -29,6 +29,8 @@ ALLOWED: dict[str, set[str]] = {
     "trainer": {"algorithms", "config", "data", "distributed", "kernels", "learner", "models", "preference",
                 "rewards", "rollout", "weights"},
     "recipes": set(),
+    # the file-level checks of a recipe (models, tokenizers, data, reward files), called by the cli
+    "preflight": {"algorithms", "config", "data", "models", "registry", "rewards"},
 }
 # third-party frameworks that pure-math and low-level packages must not touch
 FORBIDDEN_EXTERNAL = {"algorithms": {"ray", "deepspeed", "vllm"}, "kernels": {"ray", "deepspeed", "vllm"},

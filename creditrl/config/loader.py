@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -37,36 +39,132 @@ class ConfigError(ValueError):
 Origins = dict[str, str]  # dotted key -> "file:line" or "override 'k=v'"
 
 
-def _node_to_python(node: yaml.Node, file: str, prefix: str, origins: Origins) -> Any:
-    if isinstance(node, yaml.MappingNode):
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_MAX_NODES = 200_000  # a recipe is small; more nodes than this means aliases that multiply ("billion laughs")
+
+
+class _YamlReader:
+    """YAML nodes -> Python values, recording the file:line of every key; duplicate keys, recursive anchors
+    and alias bombs are errors (PyYAML itself silently keeps the last duplicate and recurses forever)."""
+
+    def __init__(self, file: str, origins: Origins):
+        self.file, self.origins = file, origins
+        self.stack: list[int] = []
+        self.count = 0
+
+    def line(self, node: yaml.Node) -> int:
+        return node.start_mark.line + 1
+
+    def __call__(self, node: yaml.Node, prefix: str) -> Any:
+        self.count += 1
+        if self.count > _MAX_NODES:
+            raise ConfigError(f"{self.file}: the recipe expands to more than {_MAX_NODES} values (anchors and "
+                              f"aliases that multiply?). Fix: write the values out instead of nesting aliases.")
+        if id(node) in self.stack:
+            raise ConfigError(f"{self.file}:{self.line(node)}: key '{prefix or '(top)'}' contains itself through "
+                              f"a YAML anchor/alias (&name ... *name inside its own value). Fix: an alias may only "
+                              f"refer to an anchor defined before and outside it.")
+        self.stack.append(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self.mapping(node, prefix)
+            if isinstance(node, yaml.SequenceNode):
+                return [self(v, f"{prefix}[{i}]") for i, v in enumerate(node.value)]
+            try:
+                return _scalar(node)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{self.file}:{self.line(node)}: value of '{prefix}' is not valid YAML: "
+                                  f"{_one_line(e)}") from None
+        finally:
+            self.stack.pop()
+
+    def mapping(self, node: yaml.MappingNode, prefix: str) -> dict:
         out: dict[str, Any] = {}
+        seen: dict[str, int] = {}
+        merged: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = str(yaml.safe_load(yaml.serialize(key_node)))
+            if key_node.tag == _MERGE_TAG:  # `<<: *base` merges the anchored mapping(s); explicit keys win
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for src in sources:
+                    v = self(src, prefix)
+                    if not isinstance(v, dict):
+                        raise ConfigError(f"{self.file}:{self.line(key_node)}: '<<' (YAML merge) needs a mapping "
+                                          f"anchor, got {v!r}")
+                    for k, x in v.items():
+                        merged.setdefault(k, x)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError(f"{self.file}:{self.line(key_node)}: a key under '{prefix or '(top)'}' is a "
+                                  f"{'list' if isinstance(key_node, yaml.SequenceNode) else 'mapping'}, not a name. "
+                                  f"Fix: keys are plain names like `steps:`")
+            key = str(_scalar(key_node))
             path = f"{prefix}.{key}" if prefix else key
-            origins[path] = f"{file}:{key_node.start_mark.line + 1}"
-            out[key] = _node_to_python(value_node, file, path, origins)
+            if key in seen:
+                raise ConfigError(f"{self.file}:{self.line(key_node)}: duplicate key '{path}' (first at line "
+                                  f"{seen[key]}); YAML would silently keep only the last one. Fix: merge the two "
+                                  f"blocks into one or delete one of them.")
+            seen[key] = self.line(key_node)
+            self.origins[path] = f"{self.file}:{self.line(key_node)}"
+            out[key] = self(value_node, path)
+        for k, x in merged.items():
+            out.setdefault(k, x)
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_node_to_python(v, file, f"{prefix}[{i}]", origins) for i, v in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+
+
+def _scalar(node: yaml.ScalarNode) -> Any:
+    return yaml.SafeLoader("").construct_object(node, deep=True)
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
 
 
 def read_yaml(path: Path, origins: Origins) -> dict:
+    if path.is_dir():
+        raise ConfigError(f"recipe path {path} is a directory; give a recipe .yaml file (or the name of a "
+                          f"built-in recipe, listed in {RECIPES_DIR}).")
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"recipe file not found: {path}. Check the path, or list built-in recipes in "
                           f"{RECIPES_DIR}.") from None
+    except OSError as e:
+        raise ConfigError(f"recipe file {path} can not be read: {e.strerror or e}. Check the path and its "
+                          f"permissions.") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: the recipe is not UTF-8 text (byte {raw[e.start]:#04x} at offset "
+                          f"{e.start}). Fix: save the file as UTF-8.") from None
     try:
         node = yaml.compose(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {_one_line(e)}. Fix the syntax at that line (indentation, "
+                          f"a missing ':' or an unclosed quote/bracket).") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the YAML nests too deeply to read. Fix: flatten the recipe.") from None
     if node is None:
-        return {}
-    data = _node_to_python(node, str(path), "", origins)
+        raise ConfigError(f"{path}: the recipe is empty. Fix: state at least what differs from the defaults, "
+                          f"e.g. `extends: tiny_grpo` and `name: my-run`.")
+    try:
+        data = _YamlReader(str(path), origins)(node, "")
+    except RecursionError:
+        raise ConfigError(f"{path}: the YAML nests too deeply to read. Fix: flatten the recipe.") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a YAML mapping (key: value), got {type(data).__name__}")
+        raise ConfigError(f"{path}: a recipe must be a YAML mapping (key: value), got {type(data).__name__} "
+                          f"{_short(data)}")
+    if not data:
+        raise ConfigError(f"{path}: the recipe is an empty mapping. Fix: state at least what differs from the "
+                          f"defaults, e.g. `extends: tiny_grpo` and `name: my-run`.")
     return data
+
+
+def _short(v: Any, n: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
 
 
 def resolve_recipe_path(name: str | Path, relative_to: Path | None = None) -> Path:
@@ -101,11 +199,22 @@ def load_recipe_dict(path: str | Path, origins: Origins, _seen: tuple = ()) -> d
     if p.resolve() in _seen:
         raise ConfigError(f"recipe {p} extends itself (cycle: {' -> '.join(map(str, _seen))})")
     data = read_yaml(p, origins)
-    parent = data.pop("extends", None)
-    if parent is None:
+    if "extends" not in data:
         return data
+    parent = data.pop("extends")
+    where = origins.get("extends", str(p))
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"extends ({where}): expected the path or name of one recipe, got {_short(parent)}. "
+                          f"Fix: e.g. `extends: tiny_grpo` (one recipe; it may extend another in turn).")
     parent_path = resolve_recipe_path(parent, relative_to=p)
-    base = load_recipe_dict(parent_path, origins, _seen + (p.resolve(),))
+    if not parent_path.is_file():
+        raise ConfigError(f"extends ({where}): recipe {parent!r} not found (looked next to {p} and among the "
+                          f"built-in recipes in {RECIPES_DIR}). Fix the name or path.")
+    parent_origins: Origins = {}
+    base = load_recipe_dict(parent_path, parent_origins, _seen + (p.resolve(),))
+    child_origins = dict(origins)
+    origins.update(parent_origins)
+    origins.update(child_origins)  # a key set in this recipe comes from here, not from the recipe it extends
     return _deep_merge(base, data)
 
 
@@ -115,11 +224,19 @@ def apply_override(data: dict, override: str, origins: Origins) -> None:
         raise ConfigError(f"override '{override}' must look like key.sub=value (e.g. train.steps=50)")
     key, raw = override.split("=", 1)
     key = key.strip()
+    parts = key.split(".")
+    if not key or any(not k.strip() or k != k.strip() for k in parts):
+        raise ConfigError(f"override '{override}': '{key}' is not a dotted key name. Fix: e.g. train.steps=50")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override '{override}': value is not valid YAML: {e}") from None
-    parts = key.split(".")
+        raise ConfigError(f"override '{override}': the value {raw!r} is not valid YAML "
+                          f"({_one_line(getattr(e, 'problem', None) or e)}). Fix: quote "
+                          f"it, e.g. {key}='\"...\"'") from None
+    except RecursionError:
+        raise ConfigError(f"override '{override}': the value nests too deeply") from None
+    if key == "extends":
+        raise ConfigError(f"override '{override}': extends can only be set in a recipe file, not as an override")
     node = data
     for i, k in enumerate(parts[:-1]):
         nxt = node.get(k)
@@ -217,8 +334,19 @@ class _Converter:
                     pass
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise self.fail(path, f"expected a number, got {value!r}")
-            return float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise self.fail(path, f"the number {value} is too large") from None
+            if not math.isfinite(value):
+                raise self.fail(path, f"expected a finite number, got {value}. Fix: give a real value")
+            return value
         if tp is str:
+            if isinstance(value, (dict, list)):
+                raise self.fail(path, f"expected a string, got the {'mapping' if isinstance(value, dict) else 'list'}"
+                                f" {value!r}: YAML reads unquoted {{...}}, [...] and 'key: value' as structure. "
+                                f"Fix: quote the text, e.g. template: \"Q: {{prompt}}\" (override: "
+                                f"'{path}=\"...\"')")
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise self.fail(path, f"expected a string, got {value!r}")
             return str(value)
@@ -251,8 +379,25 @@ class _Converter:
                               f"{', '.join((path + '.' if path else '') + m for m in missing)}")
         try:
             return cls(**kwargs)
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"{e}{self.where(path)}") from None
+        except ConfigError as e:
+            raise ConfigError(self.locate(str(e), path)) from None
+        except (ValueError, TypeError, ArithmeticError, KeyError, IndexError) as e:
+            raise ConfigError(self.locate(str(e), path)) from None
+
+    def locate(self, msg: str, path: str) -> str:
+        """Add where the offending keys were set: the dotted keys the message names (their file:line or
+        override), else the section's own origin."""
+        if "(" in msg and ("override '" in msg or re.search(r"\.ya?ml:\d+\)", msg)):
+            return msg  # already located
+        named = [k for k in self.origins if ("." in k and re.search(rf"(?<![\w.{{]){re.escape(k)}(?![\w\[])", msg))
+                 or ("." not in k and re.match(rf"{re.escape(k)}[ =]", msg))]
+        if not named and path:
+            named = [k for k in self.origins if k.startswith(path + ".")
+                     and re.search(rf"(?<![\w.{{]){re.escape(k[len(path) + 1:])}(?![\w\[}}])", msg)]
+        named = [k for k in named if not any(o != k and o.startswith(k + ".") for o in named)]
+        if named:
+            return f"{msg} (set at: {'; '.join(f'{k} {self.origins[k]}' for k in sorted(named))})"
+        return f"{msg}{self.where(path)}"
 
     def part(self, value: Any, registry: Registry, path: str, weighted: bool, default: str | None) -> PartSpec:
         if isinstance(value, str):

@@ -9,6 +9,9 @@ the padded-token budget of one forward/backward on one worker (a performance kno
 from __future__ import annotations
 
 import importlib.util
+import math
+import re
+import string
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,6 +27,14 @@ class LoraConfig:
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
+    def __post_init__(self):
+        _at_least("model.lora", self, ("r", "alpha"), 1)
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.lora.dropout must be in [0, 1), got {self.dropout}. Fix: e.g. 0.0 or 0.05")
+        if self.enabled and not [m for m in self.target_modules if m.strip()]:
+            raise ValueError("model.lora.target_modules is empty: LoRA would train nothing. Fix: name the linear "
+                             "layers to adapt, e.g. [q_proj, k_proj, v_proj, o_proj]")
+
 
 @dataclass
 class ModelConfig:
@@ -32,6 +43,10 @@ class ModelConfig:
     autocast_bf16: bool = False  # bf16 autocast for forward passes (fast on CPUs with AMX)
     gradient_checkpointing: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self):
+        if not self.path.strip():
+            raise ValueError("model.path is empty. Fix: set it to a local Hugging Face model directory")
 
 
 @dataclass
@@ -50,6 +65,19 @@ class DataConfig:
             raise ValueError("data.train_files is empty: give at least one .jsonl or .parquet file")
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        for key in ("train_files", "eval_files"):
+            for i, f in enumerate(getattr(self, key)):
+                if not f.strip():
+                    raise ValueError(f"data.{key}[{i}] is an empty path. Fix: remove it or give a .jsonl/.parquet "
+                                     f"file")
+        for key in ("prompt_field", "answer_field"):
+            if not getattr(self, key).strip():
+                raise ValueError(f"data.{key} is empty. Fix: the name of the column in the data files")
+        _at_least("data", self, ("max_prompt_tokens",), 1)
+        names = template_fields(self.template, "data.template")
+        if self.template != "chat" and "prompt" not in names and self.prompt_field not in names:
+            raise ValueError(f"data.template={self.template!r} does not use the prompt: every prompt would be the "
+                             f"same text. Fix: include {{prompt}}, e.g. 'Question: {{prompt}}\\nAnswer:'")
 
 
 MIN_KV_CACHE_BYTES = 16 << 20  # below this vLLM cannot hold one batch of the tiny model's blocks
@@ -103,7 +131,12 @@ class RolloutConfig:
         if self.n_samples < 1:
             raise ValueError(f"rollout.n_samples must be >= 1, got {self.n_samples}")
         if self.temperature <= 0:
-            raise ValueError("rollout.temperature must be > 0 for RL sampling (greedy decoding is for eval)")
+            raise ValueError("rollout.temperature must be > 0 for RL sampling (greedy decoding is for eval), got "
+                             f"{self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"rollout.top_p must be in (0, 1], got {self.top_p}. Fix: 1.0 (no nucleus cut) or "
+                             f"e.g. 0.95")
+        _at_least("rollout", self, ("max_new_tokens", "generation_batch_prompts"), 1)
         if self.engine == "vllm" and not vllm_installed():
             raise ValueError(
                 "rollout.engine=vllm but vLLM is not installed in this environment. Fix: `make install` installs "
@@ -133,19 +166,43 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal and sample more prompts
     dynamic_sampling_max_rounds: int = 3
+    # Training health (creditrl/learner/health.py). Stop the run after this many optimizer steps IN A ROW were
+    # skipped for a non-finite loss or gradient norm (null = never stop).
+    max_consecutive_skipped_steps: int | None = 10
+    # Stop the run (before any checkpoint of the broken weights) when a trainable parameter is non-finite or its
+    # |value| exceeds max(max_param_abs, 10 x the largest initial |value|); null = stop on NaN/Inf only.
+    max_param_abs: float | None = 1e4
 
     def __post_init__(self):
-        for name in ("steps", "global_batch_prompts", "ppo_epochs", "micro_batch_tokens_per_worker"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        _at_least("train", self, ("steps", "global_batch_prompts", "ppo_epochs", "micro_batch_tokens_per_worker",
+                                  "dynamic_sampling_max_rounds"), 1)
+        if self.max_consecutive_skipped_steps is not None:
+            _at_least("train", self, ("max_consecutive_skipped_steps",), 1)
+        if self.max_param_abs is not None:
+            _positive("train", self, ("max_param_abs",))
+        if self.mini_batch_prompts is not None and self.mini_batch_prompts < 1:
+            raise ValueError(f"train.mini_batch_prompts must be >= 1 (or null = global_batch_prompts), got "
+                             f"{self.mini_batch_prompts}. Fix: a divisor of train.global_batch_prompts "
+                             f"({self.global_batch_prompts}), e.g. {self.global_batch_prompts}")
+        if self.mini_batch_prompts is not None and self.mini_batch_prompts > self.global_batch_prompts:
+            raise ValueError(f"train.mini_batch_prompts ({self.mini_batch_prompts}) is larger than "
+                             f"train.global_batch_prompts ({self.global_batch_prompts}). Fix: at most "
+                             f"{self.global_batch_prompts}, a divisor of it")
+        _positive("train", self, ("lr", "adam_eps", "max_grad_norm"))
+        _at_least("train", self, ("warmup_steps",), 0)
+        if self.weight_decay < 0:
+            raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"train.min_lr_ratio must be in [0, 1] (final lr / lr), got {self.min_lr_ratio}")
         if self.mini_batch_prompts is not None and self.global_batch_prompts % self.mini_batch_prompts:
             raise ValueError(
                 f"train.global_batch_prompts ({self.global_batch_prompts}) is not divisible by "
                 f"train.mini_batch_prompts ({self.mini_batch_prompts}). Fix: make mini_batch_prompts a divisor "
                 f"of global_batch_prompts, e.g. {_divisor_hint(self.global_batch_prompts, self.mini_batch_prompts)}"
             )
-        if len(self.adam_betas) != 2:
-            raise ValueError(f"train.adam_betas needs two numbers, got {self.adam_betas}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"train.adam_betas needs two numbers in [0, 1), got {self.adam_betas}. "
+                             f"Fix: e.g. [0.9, 0.999]")
 
 
 @dataclass
@@ -161,6 +218,16 @@ class SFTConfig:
     answer_suffix: str = ""  # appended after the answer before EOS
     answer_field: str | None = None  # the field imitated by SFT; null = data.answer_field
 
+    def __post_init__(self):
+        for key in ("init_path", "output_path"):
+            if not getattr(self, key).strip():
+                raise ValueError(f"sft.{key} is empty. Fix: a model directory")
+        _at_least("sft", self, ("steps", "batch_size"), 1)
+        _at_least("sft", self, ("warmup_steps",), 0)
+        _positive("sft", self, ("lr",))
+        if self.answer_field is not None and not self.answer_field.strip():
+            raise ValueError("sft.answer_field is empty. Fix: a column name, or null for data.answer_field")
+
 
 @dataclass
 class EvalConfig:
@@ -169,6 +236,11 @@ class EvalConfig:
     pass_k: int = 4  # samples per prompt for pass@k (at `temperature`); 0 disables
     temperature: float = 1.0
     batch_prompts: int = 100
+
+    def __post_init__(self):
+        _at_least("eval", self, ("every_steps", "pass_k"), 0)
+        _at_least("eval", self, ("max_prompts", "batch_prompts"), 1)
+        _positive("eval", self, ("temperature",))
 
 
 @dataclass
@@ -180,6 +252,9 @@ class CheckpointConfig:
     def __post_init__(self):
         if self.keep < 1:
             raise ValueError(f"checkpoint.keep must be >= 1, got {self.keep}")
+        _at_least("checkpoint", self, ("every_steps",), 0)
+        if not self.resume.strip():
+            raise ValueError("checkpoint.resume is empty. Fix: never, auto, or a checkpoint directory")
 
 
 @dataclass
@@ -236,6 +311,9 @@ class ResourcesConfig:
                              "NCCL ranks on one GPU, which NCCL rejects; use cuda_ipc (or auto) when colocated")
         if self.weight_sync_bucket_mb < 1:
             raise ValueError(f"resources.weight_sync_bucket_mb must be >= 1, got {self.weight_sync_bucket_mb}")
+        if not 0 < self.rollout_gpu_fraction < 1:
+            raise ValueError(f"resources.rollout_gpu_fraction must be in (0, 1), got {self.rollout_gpu_fraction}")
+        _at_least("resources", self, ("max_rollout_restarts",), 0)
 
 
 @dataclass
@@ -276,6 +354,20 @@ class PreferenceConfig:
             raise ValueError(f"preference.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if self.batch_pairs < 1:
             raise ValueError(f"preference.batch_pairs must be >= 1, got {self.batch_pairs}")
+        _at_least("preference", self, ("eval_max_pairs",), 1)
+        if not 0 <= self.alpha:
+            raise ValueError(f"preference.alpha must be >= 0, got {self.alpha}")
+        if self.cdpo_beta_ce < 0:
+            raise ValueError(f"preference.cdpo_beta_ce must be >= 0, got {self.cdpo_beta_ce}")
+        if not self.train_files:
+            raise ValueError("preference.train_files is empty: give at least one .jsonl or .parquet file of pairs")
+        for key in ("train_files", "eval_files"):
+            for i, f in enumerate(getattr(self, key)):
+                if not f.strip():
+                    raise ValueError(f"preference.{key}[{i}] is an empty path. Fix: remove it or give a file")
+        for key in ("prompt_field", "chosen_field", "rejected_field"):
+            if not getattr(self, key).strip():
+                raise ValueError(f"preference.{key} is empty. Fix: the name of the column in the pair files")
         if self.loss == "cdpo" and (self.cdpo_positive_path is None or self.cdpo_negative_path is None):
             raise ValueError("preference.loss=cdpo needs preference.cdpo_positive_path and cdpo_negative_path "
                              "(models fine-tuned on correct and on incorrect answers)")
@@ -300,6 +392,13 @@ class RecipeConfig:
     preference: PreferenceConfig | None = None  # set: `creditrl train` runs preference training
 
     def __post_init__(self):
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}. Fix: e.g. seed: 0")
+        if not self.name.strip():
+            raise ValueError("name is empty. Fix: a short run name, e.g. name: my-run")
+        if not self.output_dir.strip():
+            raise ValueError("output_dir is empty. Fix: e.g. output_dir: runs/{name}")
+        check_output_dir(self.output_dir, self.name, self.seed)
         if self.algorithm.loss_agg == "seq-mean-token-sum-norm" and self.algorithm.loss_agg_norm_len is None:
             self.algorithm.loss_agg_norm_len = self.rollout.max_new_tokens
         if self.model.lora.enabled and self.resources.weight_sync == "cuda_ipc":
@@ -313,6 +412,62 @@ class RecipeConfig:
     @property
     def mini_batch_prompts_resolved(self) -> int:
         return self.train.mini_batch_prompts or self.train.global_batch_prompts
+
+
+def _at_least(section: str, obj, names: tuple[str, ...], lo: int) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        if v < lo:
+            raise ValueError(f"{section}.{n} must be >= {lo}, got {v}. Fix: set {section}.{n} to {lo} or more")
+
+
+def _positive(section: str, obj, names: tuple[str, ...]) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        if not (v > 0 and math.isfinite(v)):
+            raise ValueError(f"{section}.{n} must be a positive number, got {v}. Fix: a value > 0")
+
+
+BRACE_FIX = ("Fix: placeholders are {field} with a field name; write a literal brace doubled, e.g. "
+             "'\\boxed{}' as '\\boxed{{}}'")
+
+
+def template_fields(template: str, key: str) -> list[str]:
+    """The field names a `str.format` template fills ([] for "chat"); a ValueError naming `key` when the
+    template can not be formatted by name (unbalanced or literal braces, positional or attribute placeholders)."""
+    if template == "chat":
+        return []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ValueError(f"{key}={template!r} is not a valid template ({e}). {BRACE_FIX}") from None
+    names = []
+    for _, fname, spec, _conv in parsed:
+        if fname is None:
+            continue
+        if fname == "" or fname.isdigit() or re.search(r"[.\[\]]", fname):
+            raise ValueError(f"{key}={template!r} has the placeholder '{{{fname}}}', which is not a field name. "
+                             f"{BRACE_FIX}")
+        if spec and "{" in spec:
+            raise ValueError(f"{key}={template!r}: nested placeholders in '{{{fname}:{spec}}}' are not supported. "
+                             f"{BRACE_FIX}")
+        names.append(fname)
+    try:
+        template.format(**{n: "x" for n in names})
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise ValueError(f"{key}={template!r} can not be formatted with text fields ({e}). {BRACE_FIX}") from None
+    return names
+
+
+def check_output_dir(output_dir: str, name: str, seed: int) -> None:
+    for f in template_fields(output_dir, "output_dir"):
+        if f not in ("name", "seed"):
+            raise ValueError(f"output_dir={output_dir!r} has the unknown placeholder {{{f}}}: only {{name}} and "
+                             f"{{seed}} are filled in. Fix: e.g. output_dir: runs/{{name}}-seed{{seed}}")
+    try:
+        output_dir.format(name=name, seed=seed)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"output_dir={output_dir!r} can not be filled in ({e}). {BRACE_FIX}") from None
 
 
 def _divisor_hint(n: int, near: int) -> int:

@@ -67,6 +67,9 @@ def _render(template: str, row: dict, tokenizer, path: Path) -> str:
     except KeyError as e:
         raise DataError(f"data.template refers to field {e} that rows of {path} do not have "
                         f"(fields: {', '.join(row)})") from None
+    except (ValueError, IndexError, AttributeError, TypeError) as e:
+        raise DataError(f"data.template={template!r} can not be filled from rows of {path}: {e}. Fix: placeholders "
+                        f"are {{field}}; write literal braces doubled ({{{{ and }}}})") from None
 
 
 def load_rows(files: list[str], prompt_field: str, answer_field: str, template: str, tokenizer,
@@ -81,6 +84,13 @@ def load_rows(files: list[str], prompt_field: str, answer_field: str, template: 
                 raise DataError(f"data file {path} has no field '{field_name}' ({key}); its fields are: "
                                 f"{', '.join(ds.column_names)}. Set {key} to the right column name.")
         for i, r in enumerate(ds):
+            for field_name, key in ((prompt_field, "data.prompt_field"), (answer_field, "data.answer_field")):
+                if r[field_name] is None:  # str(None) would train on the text "None"
+                    raise DataError(f"data file {path}, row {i}: field '{field_name}' ({key}) is null (or missing). "
+                                    f"Fix: fill it in or remove the row.")
+            if not str(r[prompt_field]).strip():
+                raise DataError(f"data file {path}, row {i}: field '{prompt_field}' (data.prompt_field) is empty. "
+                                f"Fix: fill it in or remove the row.")
             fields = dict(r)
             fields["prompt"] = str(r[prompt_field])
             text = _render(template, fields, tokenizer, path)

@@ -25,6 +25,8 @@ class RolloutBatch:
     prompt_keys: list[str]  # [B]
     finished: Tensor  # [B] bool, ended with EOS
     weight_version: int = 0
+    reward_components: Tensor | None = None  # [B, K] unweighted score of each reward function (reward.fns order)
+    reward_weights: Tensor | None = None  # [K] their weights
     stats: dict[str, Tensor] = field(default_factory=dict)  # old_logprobs, ref_logprobs, old_entropy, ... [B, T]
     advantages: Tensor | None = None  # [B, T]
 

@@ -24,12 +24,16 @@ W * loss because DeepSpeed averages gradients over W ranks.
 Non-finite values (same rule on every backend): a non-finite micro-batch loss or gradient norm skips the whole
 optimizer step of its mini-batch on every rank (the shells agree through the gradients: a rank that saw a
 non-finite loss back-propagates NaN, which the gradient reduction carries to every rank); the skip is logged and
-counted in `actor/skipped_steps_total`.
+counted in `actor/skipped_steps_total` and `actor/skipped_steps_consecutive`. After every applied step the
+parameters are checked (`Shell.param_max_abs`, reported as `actor/param_max_abs`). Too many skips in a row, or
+non-finite / exploded parameters, end the update on every rank at the same point and `reduce_update` raises the
+`TrainingStopped` error of creditrl/learner/health.py (the rules and defaults are documented there).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -42,6 +46,7 @@ from creditrl.algorithms.mismatch import mismatch_metrics
 from creditrl.algorithms.needs import StatRequest
 from creditrl.config.schema import RecipeConfig
 from creditrl.learner.batch import MicroBatch, RolloutBatch, make_micro_batch, partition_by_tokens
+from creditrl.learner import health
 from creditrl.learner.dp_split import MiniPlan, plan_step
 
 log = logging.getLogger(__name__)
@@ -73,6 +78,12 @@ class Shell(Protocol):
         ...
 
     def set_train(self, mode: bool) -> None: ...
+
+    param_limit: float  # `health.param_limit` of the run
+
+    def param_max_abs(self) -> float:
+        """max |theta| over the trainable parameters of every rank (inf if any is non-finite); every rank calls."""
+        ...
 
 
 # ---- planning ------------------------------------------------------------------------------------------------
@@ -209,21 +220,42 @@ class UpdatePart:
     losses: list[float] = field(default_factory=list)  # this rank's share of each applied mini-batch loss
     grad_norms: list[float] = field(default_factory=list)  # global pre-clip norm of each applied step
     skipped_steps: int = 0  # cumulative (the shell's counter)
+    consecutive_skipped: int = 0  # optimizer steps skipped in a row, up to now (the shell's counter)
+    param_max_abs: float = math.nan  # max |theta| after the last applied step (NaN: no step applied)
+    stop: health.Stop | None = None  # why the update ended early; `reduce_update` raises it
     lr: float = 0.0
     algorithm_state: dict | None = None
 
 
+def after_step(shell: Shell, grad_norm: float | None, out, cfg: RecipeConfig, rank: int) -> None:
+    """Bookkeeping after an optimizer step (RL and preference): count a skip and check the skip budget, or check
+    the parameters of an applied step. Sets `out.stop` when the update must end (the same on every rank: the skip
+    decision and the measured maximum are global)."""
+    if grad_norm is None:
+        out.skipped_steps += 1
+        out.consecutive_skipped += 1
+        log.warning("rank %d: non-finite loss or gradient norm: optimizer step skipped (%d skipped so far, %d in a "
+                    "row)", rank, out.skipped_steps, out.consecutive_skipped)
+        out.stop = health.check_skips(out.consecutive_skipped, cfg.train.max_consecutive_skipped_steps)
+        return
+    out.consecutive_skipped = 0
+    out.param_max_abs = shell.param_max_abs()
+    out.stop = health.check_params(out.param_max_abs, shell.param_limit, cfg.train.lr)
+
+
 def update(shell: Shell, batch: RolloutBatch, algorithm: Algorithm, plans: list[MiniPlan], cfg: RecipeConfig,
-           rank: int = 0, skipped_before: int = 0) -> UpdatePart:
-    """ppo_epochs x mini-batches of optimizer steps over this rank's micro-batches."""
+           rank: int = 0, skipped_before: int = 0, consecutive_before: int = 0) -> UpdatePart:
+    """ppo_epochs x mini-batches of optimizer steps over this rank's micro-batches (ends early with `out.stop`)."""
     req, scope = algorithm.stats, algorithm.cfg.token_stat_scope
     budget = cfg.train.micro_batch_tokens_per_worker
     ctx = LossContext(req, cfg.rollout.temperature, shell.head_weight() if req.old_hidden else None)
-    out = UpdatePart(skipped_steps=skipped_before)
+    out = UpdatePart(skipped_steps=skipped_before, consecutive_skipped=consecutive_before)
     algorithm.begin_update(rank)
     if scope == "global":
         prepare_scope(shell, batch, list(range(len(batch))), algorithm, ctx, current=False, micro_budget=budget)
     for _ in range(cfg.train.ppo_epochs):
+        if out.stop is not None:
+            break
         for plan in plans:
             if scope == "mini_batch":
                 prepare_scope(shell, batch, list(plan.rows), algorithm, ctx, current=True, micro_budget=budget)
@@ -251,10 +283,10 @@ def update(shell: Shell, batch: RolloutBatch, algorithm: Algorithm, plans: list[
                 # every rank skip the step)
                 shell.backward((stats["logp"] * (0.0 if finite else float("nan"))).sum())
             grad_norm = shell.step(finite)
+            after_step(shell, grad_norm, out, cfg, rank)
+            if out.stop is not None:
+                break
             if grad_norm is None:
-                out.skipped_steps += 1
-                log.warning("rank %d: non-finite %s: optimizer step skipped (%d skipped so far)", rank,
-                            "loss" if not finite else "gradient norm", out.skipped_steps)
                 continue
             out.grad_norms.append(grad_norm)
             out.losses.append(mini_loss)
@@ -279,4 +311,9 @@ def reduce_update(parts: list[UpdatePart], lr: float) -> dict[str, float]:
     out["actor/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     out["actor/lr"] = lr
     out["actor/skipped_steps_total"] = float(parts[0].skipped_steps)
+    out["actor/skipped_steps_consecutive"] = float(parts[0].consecutive_skipped)
+    if not math.isnan(parts[0].param_max_abs):
+        out["actor/param_max_abs"] = parts[0].param_max_abs
+    if parts[0].stop is not None:  # the same on every rank
+        raise parts[0].stop.error(out)
     return out

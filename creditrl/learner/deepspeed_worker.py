@@ -43,7 +43,7 @@ from creditrl.learner.dp_split import MiniPlan
 from creditrl.learner.ds_config import deepspeed_config
 from creditrl.weights.broadcast import TensorMeta, make_group, make_store, send_buckets
 from creditrl.weights.buckets import ObjectStoreTransport, is_adapter_tensor, plan_buckets_by_numel
-from creditrl.learner import core
+from creditrl.learner import core, health
 from creditrl.learner import preference as pref
 from creditrl.learner.batch import MicroBatch, RolloutBatch
 from creditrl.learner.pair_stats import ReferenceStats, pair_token_stats
@@ -119,9 +119,13 @@ class DeepSpeedLearnerWorker:
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer, scheduler = build_optimizer(params, cfg.train, total_optimizer_steps,
                                                cpu_offload=rc.offload_optimizer)
+        initial_max_abs = health.max_abs(params)  # before ZeRO-3 partitions them: the same on every rank
         self.engine, _, _, _ = deepspeed.initialize(model=self.module, optimizer=optimizer, lr_scheduler=scheduler,
                                                     model_parameters=params, config=deepspeed_config(cfg))
+        self.params = params
+        self.param_limit = health.param_limit(initial_max_abs, cfg.train.max_param_abs)
         self.skipped_steps = 0
+        self.consecutive_skipped = 0  # the skip budget's counter (creditrl/learner/health.py)
         self._sync_store = self._sync_group = self._ipc = None  # weight-sync state (rank 0 / colocated GPU)
         self._sync_host, self._sync_groups_built = "", 0
         log.info("learner rank %d/%d up on %s (ZeRO-%d)", rank, world_size, socket.gethostname(), rc.zero_stage)
@@ -156,7 +160,8 @@ class DeepSpeedLearnerWorker:
     def _ref_context(self):
         if self.cfg.model.lora.enabled:
             return self.policy.disable_adapter()
-        return nullcontext()
+        raise RuntimeError("reference log-probs were requested but this learner built no reference model: it "
+                           "builds one only when its recipe's algorithm needs one (KL to the reference) or with LoRA")
 
     def head_weight(self) -> Tensor:
         w = decoder_and_head(self.policy)[1].weight
@@ -189,6 +194,17 @@ class DeepSpeedLearnerWorker:
     def set_train(self, mode: bool) -> None:
         self.engine.train(mode)
 
+    def param_max_abs(self) -> float:
+        """max |theta| over every rank's trainable parameters (inf if any is non-finite): each rank measures what
+        it holds (its partition `ds_tensor` under ZeRO-3, the full replica otherwise) and the ranks all-reduce the
+        maximum, so every rank gets the same value. A collective: every rank calls it."""
+        import torch.distributed as dist
+
+        local = health.max_abs(getattr(p, "ds_tensor", p) for p in self.params)
+        value = torch.tensor([local], dtype=torch.float32, device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return float(value.item())
+
     def pair_stats(self, mb: MicroBatch, keys: list[str], refs: ReferenceStats, want_kl: bool) -> dict[str, Tensor]:
         """The `PairShell` forward of creditrl/learner/preference.py, through the DeepSpeed engine."""
         return self.engine(_to_device(mb, self.device), pair=PairRequest(keys, refs, want_kl))
@@ -201,16 +217,16 @@ class DeepSpeedLearnerWorker:
     def update(self, batch: RolloutBatch, algorithm: Algorithm, plans: list[MiniPlan]) -> core.UpdatePart:
         """This rank's share of the step's update (`core.update`); the group reduces the shares."""
         part = core.update(self, _batch_to(batch, self.device), algorithm, plans, self.cfg, self.rank,
-                           skipped_before=self.skipped_steps)
-        self.skipped_steps = part.skipped_steps
+                           skipped_before=self.skipped_steps, consecutive_before=self.consecutive_skipped)
+        self.skipped_steps, self.consecutive_skipped = part.skipped_steps, part.consecutive_skipped
         part.lr = self.engine.get_lr()[0]
         return part
 
     def preference_update(self, pairs: Sequence[Pair], plan: pref.Plan) -> pref.PairUpdatePart:
         """This rank's share of a preference step (`preference.update`); the group reduces the shares."""
         part = pref.update(self, pairs, plan, self.cfg, self._preference_models(), self.rank,
-                           skipped_before=self.skipped_steps)
-        self.skipped_steps = part.skipped_steps
+                           skipped_before=self.skipped_steps, consecutive_before=self.consecutive_skipped)
+        self.skipped_steps, self.consecutive_skipped = part.skipped_steps, part.consecutive_skipped
         part.lr = self.engine.get_lr()[0]
         return part
 
@@ -322,7 +338,8 @@ class DeepSpeedLearnerWorker:
         """ZeRO shards of every rank under `directory/deepspeed`, plus the HF model (rank 0) in `directory/model`."""
         d = Path(directory)
         self.engine.save_checkpoint(str(d / DS_CHECKPOINT_DIR), tag=DS_TAG,
-                                    client_state={"skipped_steps": self.skipped_steps})
+                                    client_state={"skipped_steps": self.skipped_steps,
+                                                  "consecutive_skipped": self.consecutive_skipped})
         with self._gather(list(self.policy.parameters())):
             if self.rank == 0:
                 self.policy.save_pretrained(d / "model")
@@ -334,6 +351,7 @@ class DeepSpeedLearnerWorker:
                                     f"the single-process trainer? resume it with resources.backend=local)")
         _, client = self.engine.load_checkpoint(str(path), tag=DS_TAG)
         self.skipped_steps = (client or {}).get("skipped_steps", 0)
+        self.consecutive_skipped = (client or {}).get("consecutive_skipped", 0)
 
     def shutdown(self) -> None:
         import torch.distributed as dist

@@ -10,7 +10,6 @@ backward and optimizer step, and the checkpoint layout. `Learner` is the protoco
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
@@ -19,7 +18,7 @@ from torch import Tensor
 
 from creditrl.algorithms import Algorithm
 from creditrl.config import RecipeConfig
-from creditrl.learner import core
+from creditrl.learner import core, health
 from creditrl.learner import preference as pref
 from creditrl.learner.batch import MicroBatch, RolloutBatch
 from creditrl.learner.pair_stats import ReferenceStats, pair_token_stats
@@ -59,6 +58,8 @@ class LocalLearner:
         self.total_optimizer_steps = total_optimizer_steps
         self.optimizer, self.scheduler = build_optimizer(self.params, cfg.train, total_optimizer_steps)
         self.skipped_steps = 0
+        self.consecutive_skipped = 0  # the skip budget's counter (creditrl/learner/health.py)
+        self.param_limit = health.param_limit(health.max_abs(self.params), cfg.train.max_param_abs)
 
     # ---- the Shell of creditrl/learner/core.py -----------------------------------------------------------
     def forward(self, mb: MicroBatch, want: tuple[str, ...], keep_hidden: bool = False,
@@ -76,7 +77,8 @@ class LocalLearner:
     def _ref_context(self):
         if self.cfg.model.lora.enabled:
             return self.policy.disable_adapter()  # the reference is the base model without the adapter
-        return nullcontext()
+        raise RuntimeError("reference log-probs were requested but this learner built no reference model: it "
+                           "builds one only when its recipe's algorithm needs one (KL to the reference) or with LoRA")
 
     def head_weight(self) -> Tensor:
         # a copy: a detached view would follow the in-place optimizer steps of the update, so later mini-batches
@@ -99,6 +101,9 @@ class LocalLearner:
     def set_train(self, mode: bool) -> None:
         self.policy.train(mode)
 
+    def param_max_abs(self) -> float:
+        return health.max_abs(self.params)
+
     def pair_stats(self, mb: MicroBatch, keys: list[str], refs: ReferenceStats, want_kl: bool) -> dict[str, Tensor]:
         """The `PairShell` forward of creditrl/learner/preference.py."""
         return pair_token_stats(self.policy, mb, keys, refs, want_kl, self.cfg.model.autocast_bf16)
@@ -113,16 +118,17 @@ class LocalLearner:
         """ppo_epochs x mini-batches of optimizer steps (`core.update`); returns the step's metrics."""
         self.optimizer.zero_grad(set_to_none=True)
         part = core.update(self, batch, algorithm, core.plan_batch(batch, self.cfg), self.cfg,
-                           skipped_before=self.skipped_steps)
-        self.skipped_steps = part.skipped_steps
+                           skipped_before=self.skipped_steps, consecutive_before=self.consecutive_skipped)
+        self.skipped_steps, self.consecutive_skipped = part.skipped_steps, part.consecutive_skipped
         return core.reduce_update([part], self.scheduler.get_last_lr()[0])
 
     def preference_update(self, pairs: Sequence[Pair]) -> dict[str, float]:
         """One optimizer step on a batch of preference pairs (`preference.update`); returns its metrics."""
         self.optimizer.zero_grad(set_to_none=True)
         plan = plan_pairs(pairs, self.cfg.train.micro_batch_tokens_per_worker)
-        part = pref.update(self, pairs, plan, self.cfg, self._preference_models(), skipped_before=self.skipped_steps)
-        self.skipped_steps = part.skipped_steps
+        part = pref.update(self, pairs, plan, self.cfg, self._preference_models(), skipped_before=self.skipped_steps,
+                           consecutive_before=self.consecutive_skipped)
+        self.skipped_steps, self.consecutive_skipped = part.skipped_steps, part.consecutive_skipped
         return pref.reduce_update([part], self.scheduler.get_last_lr()[0])
 
     def evaluate_pairs(self, pairs: Sequence[Pair]) -> dict[str, float]:
@@ -143,7 +149,8 @@ class LocalLearner:
         directory.mkdir(parents=True, exist_ok=True)
         self.policy.save_pretrained(directory / "model")
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "skipped_steps": self.skipped_steps}, directory / "learner_state.pt")
+                    "skipped_steps": self.skipped_steps, "consecutive_skipped": self.consecutive_skipped},
+                   directory / "learner_state.pt")
 
     def load(self, directory: Path) -> None:
         from safetensors.torch import load_file
@@ -169,6 +176,7 @@ class LocalLearner:
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.skipped_steps = st["skipped_steps"]
+        self.consecutive_skipped = st.get("consecutive_skipped", 0)
 
 
 def count_optimizer_steps(cfg: RecipeConfig) -> int:

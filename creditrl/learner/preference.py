@@ -17,7 +17,8 @@ to W ranks, lockstep micro-batches):
 (DeepSpeed averages the W ranks' gradients: (1/W) Σ_r W ∇L_r = ∇L). Metrics are per-pair means: every rank
 returns sums over its real pairs and `reduce_update` divides by P. Padding micro-batches run forward and a zero
 backward for lockstep. Non-finite loss: the same rule as `core.update` (the step is skipped on every rank and
-counted in `train/skipped_steps_total`).
+counted in `train/skipped_steps_total` / `train/skipped_steps_consecutive`); the same skip budget and parameter
+check (creditrl/learner/health.py, `train/param_max_abs`) stop the run with a `TrainingStopped` error.
 
 The frozen side (`PreferenceModels`) lives on every learner process: the reference (a frozen copy, or the policy
 with its LoRA adapter disabled), cDPO's positive and negative models, and the `ReferenceStats` caches.
@@ -35,6 +36,7 @@ from torch import Tensor
 
 from creditrl.algorithms.pair_loss import pair_loss, split_pairs
 from creditrl.config.schema import RecipeConfig
+from creditrl.learner import core, health
 from creditrl.learner.batch import MicroBatch, make_micro_batch
 from creditrl.learner.dp_split import MicroSpec
 from creditrl.learner.pair_stats import ReferenceStats, adapter_disabled_reference, frozen_reference
@@ -60,6 +62,10 @@ class PairShell(Protocol):
     def step(self, finite: bool) -> float | None: ...
 
     def set_train(self, mode: bool) -> None: ...
+
+    param_limit: float  # as in core.Shell
+
+    def param_max_abs(self) -> float: ...
 
 
 # ---- the frozen side ---------------------------------------------------------------------------------------
@@ -113,15 +119,18 @@ class PairUpdatePart:
     pairs: int = 0  # real pairs behind `sums`
     grad_norm: float | None = None  # global pre-clip norm (the same on every rank); None: the step was skipped
     skipped_steps: int = 0  # cumulative (the shell's counter)
+    consecutive_skipped: int = 0  # optimizer steps skipped in a row, up to now (the shell's counter)
+    param_max_abs: float = math.nan  # max |theta| after the step (NaN: skipped)
+    stop: health.Stop | None = None  # why the run must stop; `reduce_update` raises it
     lr: float = 0.0
 
 
 def update(shell: PairShell, pairs: Sequence[Pair], plan: Plan, cfg: RecipeConfig, models: PreferenceModels,
-           rank: int = 0, skipped_before: int = 0) -> PairUpdatePart:
+           rank: int = 0, skipped_before: int = 0, consecutive_before: int = 0) -> PairUpdatePart:
     """One optimizer step on this rank's share of `pairs` (see the module docstring)."""
     pc = cfg.preference
     n_total = len(pairs)
-    out = PairUpdatePart(skipped_steps=skipped_before)
+    out = PairUpdatePart(skipped_steps=skipped_before, consecutive_skipped=consecutive_before)
     finite = True
     shell.set_train(True)
     for spec in plan[rank]:
@@ -143,10 +152,7 @@ def update(shell: PairShell, pairs: Sequence[Pair], plan: Plan, cfg: RecipeConfi
         # padding micro-batch, or after a non-finite loss: a backward for lockstep (zero, or NaN so every rank skips)
         shell.backward((stats["logp"] * (0.0 if finite else float("nan"))).sum())
     out.grad_norm = shell.step(finite)
-    if out.grad_norm is None:
-        out.skipped_steps += 1
-        log.warning("rank %d: non-finite %s: optimizer step skipped (%d skipped so far)", rank,
-                    "loss" if not finite else "gradient norm", out.skipped_steps)
+    core.after_step(shell, out.grad_norm, out, cfg, rank)
     return out
 
 
@@ -162,7 +168,12 @@ def reduce_update(parts: list[PairUpdatePart], lr: float) -> dict[str, float]:
     metrics = {f"train/{k}": v / max(n, 1) for k, v in sums.items()}
     metrics.update({"train/loss": sum(p.loss for p in parts) if applied else math.nan,
                     "train/grad_norm": parts[0].grad_norm if applied else math.nan,
-                    "train/lr": lr, "train/skipped_steps_total": float(parts[0].skipped_steps)})
+                    "train/lr": lr, "train/skipped_steps_total": float(parts[0].skipped_steps),
+                    "train/skipped_steps_consecutive": float(parts[0].consecutive_skipped)})
+    if not math.isnan(parts[0].param_max_abs):
+        metrics["train/param_max_abs"] = parts[0].param_max_abs
+    if parts[0].stop is not None:  # the same on every rank
+        raise parts[0].stop.error(metrics)
     return metrics
 
 

@@ -54,7 +54,11 @@ def load_tokenizer(path: str):
     if not (p / "tokenizer_config.json").is_file() and not (p / "tokenizer.json").is_file():
         raise ModelLoadError(f"{p} has no tokenizer (tokenizer.json / tokenizer_config.json): save the tokenizer "
                              f"next to the model with tokenizer.save_pretrained.")
-    tok = AutoTokenizer.from_pretrained(str(p))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(p))
+    except Exception as e:  # noqa: BLE001 - a user-supplied directory: corrupt tokenizer.json, bad config, ...
+        raise ModelLoadError(f"the tokenizer in {p} can not be loaded: {type(e).__name__}: {_short(e)}. Fix: "
+                             f"re-save it with tokenizer.save_pretrained, or copy the tokenizer files again.") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -66,7 +70,17 @@ def load_causal_lm(path: str, dtype: str = "float32"):
 
     p = check_model_dir(path)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    return AutoModelForCausalLM.from_pretrained(str(p), dtype=torch_dtype)
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(p), dtype=torch_dtype)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EnvironmentError) as e:
+        # a user-supplied directory: invalid config.json, unknown model_type, truncated or mismatched weights
+        raise ModelLoadError(f"the model in {p} can not be loaded: {type(e).__name__}: {_short(e)}. Fix: check "
+                             f"config.json and the weight files (re-save with save_pretrained).") from None
+
+
+def _short(e: Exception, n: int = 400) -> str:
+    s = " ".join(str(e).split())
+    return s if len(s) <= n else s[: n - 3] + "..."
 
 
 def add_lora(model, mc: ModelConfig):

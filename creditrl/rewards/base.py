@@ -10,13 +10,16 @@ A reward that is much faster on a whole batch (a reward model on a GPU) returns 
 `score_batch(samples) -> list[float | RewardResult]` method as well (`BatchRewardFn`); the manager calls it once
 per batch in the driver process instead of once per sample in the worker pool.
 
-A recipe combines several with weights (`reward.fns`). A function that raises or times out is scored 0, logged
-with the sample id and counted in the metrics (`reward/failures`); it never crashes the run.
+A recipe combines several with weights (`reward.fns`). A function that raises, times out or returns a non-finite
+score (NaN, +-Inf) is scored 0 as a failure (`failed=True`), logged with the sample id and counted in the metrics
+(`reward/failures`, `reward/failures/<name>`, and for non-finite scores also `reward/nonfinite/<name>`); it never
+crashes the run and never makes `reward/mean` non-finite.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
@@ -72,6 +75,18 @@ def as_result(value: float | RewardResult) -> RewardResult:
     return RewardResult(float(value))
 
 
+NONFINITE_REASON = "non-finite score"  # the reason of a failure for a NaN / Inf score starts with this
+
+
+def checked(name: str, sample_id: str, value: float | RewardResult) -> RewardResult:
+    """`as_result(value)`, or a failure if its score is not finite (NaN / Inf): a reward that returns NaN would
+    otherwise make the batch's rewards, advantages and every loss NaN (every optimizer step skipped)."""
+    res = as_result(value)
+    if not math.isfinite(res.score):
+        return failure(name, sample_id, f"{NONFINITE_REASON} {res.score!r}")
+    return res
+
+
 def failure(name: str, sample_id: str, reason: str) -> RewardResult:
     """A failed call: score 0, logged with the sample id."""
     log.warning("reward '%s' failed on sample %s: %s", name, sample_id, reason)
@@ -79,14 +94,15 @@ def failure(name: str, sample_id: str, reason: str) -> RewardResult:
 
 
 def safe_call(fn: RewardFn, sample: RewardSample, name: str, timeout_s: float | None = None) -> RewardResult:
-    """Call a reward function; an exception or a timeout scores 0 with a reason (logged, never raised).
+    """Call a reward function; an exception, a timeout or a non-finite score scores 0 with a reason (logged,
+    never raised).
 
     `timeout_s` is enforced with SIGALRM when called in the main thread (see timeouts.py); the worker pools
     also enforce it from outside by killing the worker.
     """
     try:
         with deadline(timeout_s):
-            return as_result(fn(sample))
+            return checked(name, sample.sample_id, fn(sample))
     except RewardTimeout:
         return failure(name, sample.sample_id, f"timeout after {timeout_s:.3g}s")
     except Exception as e:  # noqa: BLE001 - a user's reward must never crash the run
@@ -110,8 +126,9 @@ class RewardBatch:
     scores: list[float]  # [B] weighted sum over the reward functions
     components: dict[str, list[float]]  # name -> [B] unweighted score of each function
     reasons: list[list[str]]  # [B] non-empty reasons of each sample
-    failures: int  # number of (sample, function) calls that raised or timed out
+    failures: int  # number of (sample, function) calls that failed (raised, timed out, non-finite score)
     failures_by_fn: dict[str, int] = field(default_factory=dict)  # name -> failures of that function
+    nonfinite_by_fn: dict[str, int] = field(default_factory=dict)  # name -> those of them with a NaN / Inf score
 
     def metrics(self) -> dict[str, float]:
         n = max(len(self.scores), 1)
@@ -121,6 +138,9 @@ class RewardBatch:
         for name, count in self.failures_by_fn.items():
             if count:
                 out[f"reward/failures/{name}"] = float(count)
+        for name, count in self.nonfinite_by_fn.items():
+            if count:
+                out[f"reward/nonfinite/{name}"] = float(count)
         return out
 
 

@@ -22,11 +22,13 @@ from creditrl.rewards.base import REWARDS
 class RewardConfig:
     # Weighted sum of registered reward functions: [{name: numeric_answer, weight: 1.0, <options>}, ...]
     fns: list[PartSpec] = parts(REWARDS, weighted=True, default=["numeric_answer"])
-    # Where per-sample functions run: in the trainer process, a pool of worker processes, or Ray actors.
+    # Where per-sample functions run: one child process (serial, one sample at a time), a pool of worker
+    # processes, or Ray actors.
     executor: Literal["serial", "process", "ray"] = "process"
     workers: int = 2  # worker processes / actors (process and ray executors)
-    # Time budget of one sample for all its per-sample functions; past it the function scores 0 as a failure
-    # (the pools kill the worker 5 s later if the function ignores the alarm). null = no limit.
+    # Time budget of one sample for all its per-sample functions; past it the function scores 0 as a failure.
+    # Every executor (serial too) kills and replaces the worker min(5, max(0.5, timeout_s)) s after the budget if
+    # the function ignores the alarm (e.g. stuck in C code). null = no limit (serial then runs in this process).
     timeout_s: float | None = 60.0
 
     def __post_init__(self):

@@ -36,7 +36,8 @@ SAMPLE_FIELDS = [f.name for f in dataclasses.fields(RewardSample)]
 
 def _load_file(path: str, ref: str):
     if not os.path.isfile(path):
-        raise RewardConfigError(f"custom reward '{ref}': file {path} does not exist")
+        raise RewardConfigError(f"custom reward '{ref}': file {path} does not exist. Fix: correct the path in "
+                                f"function: (relative paths are from the directory you run creditrl in)")
     digest = hashlib.sha1(path.encode()).hexdigest()[:8]
     name = f"creditrl_user_reward_{os.path.splitext(os.path.basename(path))[0]}_{digest}"
     if name in sys.modules:
@@ -45,8 +46,9 @@ def _load_file(path: str, ref: str):
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 - any error in the user's file, reported with its origin
-        raise RewardConfigError(f"custom reward '{ref}': importing {path} failed: {type(e).__name__}: {e}") from e
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - any error in the user's file, reported with its origin
+        raise RewardConfigError(f"custom reward '{ref}': importing {path} failed: {type(e).__name__}: {e}. Fix "
+                                f"the file (it must import without errors).") from None
     sys.modules[name] = module
     return module
 
@@ -62,9 +64,10 @@ def load_function(ref: str) -> Callable:
     else:
         try:
             module = importlib.import_module(target)
-        except Exception as e:  # noqa: BLE001
+        except (Exception, SystemExit) as e:  # noqa: BLE001
             raise RewardConfigError(f"custom reward '{ref}': importing module {target} failed: "
-                                    f"{type(e).__name__}: {e}") from e
+                                    f"{type(e).__name__}: {e}. Fix: check the module name and that it is "
+                                    f"importable from the working directory") from None
     fn = getattr(module, attr, None)
     if fn is None:
         names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))

@@ -6,8 +6,9 @@
 
 The score of sample i is `R_i = Σ_k w_k · r_k(sample_i)` over `reward.fns`. Per-sample functions run in the
 executor (serial, process pool or Ray actors; see executor.py). Batched functions (a reward model) run once per
-batch in this process before the per-sample stream starts. A failure (exception, timeout, dead worker) scores 0
-for that function, is logged with the sample id and counted in `reward/failures`.
+batch in this process before the per-sample stream starts. A failure (exception, timeout, dead worker, NaN / Inf
+score) scores 0 for that function, is logged with the sample id and counted in `reward/failures` and
+`reward/failures/<name>`; non-finite scores also in `reward/nonfinite/<name>`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from typing import Iterator
 from creditrl.rewards.base import (
     RewardBatch,
     RewardResult,
+    NONFINITE_REASON,
     RewardSample,
     WeightedReward,
-    as_result,
     build_rewards,
+    checked,
     failure,
 )
 from creditrl.rewards.config import RewardConfig
@@ -35,6 +37,7 @@ class ScoredSample:
     components: dict[str, float]  # name -> unweighted score
     reasons: list[str] = field(default_factory=list)  # "name: reason" for each non-empty reason
     failed: list[str] = field(default_factory=list)  # names of the functions that failed on this sample
+    nonfinite: list[str] = field(default_factory=list)  # those of them that returned a NaN / Inf score
 
 
 def _batched_results(r: WeightedReward, samples: list[RewardSample]) -> list[RewardResult]:
@@ -43,7 +46,7 @@ def _batched_results(r: WeightedReward, samples: list[RewardSample]) -> list[Rew
         values = r.fn.score_batch(samples)
         if len(values) != len(samples):
             raise ValueError(f"score_batch returned {len(values)} scores for {len(samples)} samples")
-        return [as_result(v) for v in values]
+        return [checked(r.name, s.sample_id, v) for s, v in zip(samples, values)]
     except Exception as e:  # noqa: BLE001 - a reward must never crash the run
         return [failure(r.name, s.sample_id, f"error: {type(e).__name__}: {e}") for s in samples]
 
@@ -92,6 +95,8 @@ class RewardManager:
                 out.reasons.append(f"{r.name}: {res.reason}")
             if res.failed:
                 out.failed.append(r.name)
+                if res.reason.startswith(NONFINITE_REASON):
+                    out.nonfinite.append(r.name)
         return out
 
     def score(self, samples: list[RewardSample]) -> RewardBatch:
@@ -101,6 +106,7 @@ class RewardManager:
         components = {r.name: [0.0] * n for r in self.rewards}
         reasons: list[list[str]] = [[] for _ in range(n)]
         failures_by_fn = {r.name: 0 for r in self.rewards}
+        nonfinite_by_fn = {r.name: 0 for r in self.rewards}
         for s in self.stream(samples):
             scores[s.index] = s.score
             reasons[s.index] = s.reasons
@@ -108,7 +114,10 @@ class RewardManager:
                 components[name][s.index] = v
             for name in s.failed:
                 failures_by_fn[name] += 1
-        return RewardBatch(scores, components, reasons, sum(failures_by_fn.values()), failures_by_fn)
+            for name in s.nonfinite:
+                nonfinite_by_fn[name] += 1
+        return RewardBatch(scores, components, reasons, sum(failures_by_fn.values()), failures_by_fn,
+                           nonfinite_by_fn)
 
     def close(self) -> None:
         """Stop the worker processes / actors (safe to call twice)."""

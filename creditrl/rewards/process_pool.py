@@ -2,7 +2,8 @@
 
 Workers are started with `spawn` (never `fork`: the trainer process has torch threads) and rebuild the reward
 functions from their `PartSpec`s, so user-defined functions loaded from a file work without pickling them.
-Each worker runs one sample at a time. A sample that runs past `timeout_s + grace_s` gets its worker killed
+Each worker runs one sample at a time. A sample that runs past `timeout_s + grace_s` (grace: `default_grace`,
+at most 5 s) gets its worker killed
 (the worker's whole process group; sandboxes it started die with it through PR_SET_PDEATHSIG) and replaced;
 its results are failures with a "timeout" reason. A worker that dies (e.g. a segfault in a C extension) is
 replaced the same way. `concurrent.futures.ProcessPoolExecutor` can not do either: it can not kill one task.
@@ -22,7 +23,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Iterator
 
 from creditrl.rewards.base import REWARDS, RewardConfigError, RewardSample, WeightedReward
-from creditrl.rewards.executor import SampleResults, failed_results, score_sample
+from creditrl.rewards.executor import SampleResults, default_grace, failed_results, score_sample
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,13 @@ class RewardProcessPool:
     """`workers` processes scoring samples concurrently (see module docstring)."""
 
     def __init__(self, rewards: list[WeightedReward], workers: int, timeout_s: float | None,
-                 grace_s: float = 5.0):
+                 grace_s: float | None = None):
         if workers < 1:
             raise ValueError(f"reward.workers must be >= 1 for the process executor, got {workers}")
         self.rewards = rewards
         self.n_workers = workers
         self.timeout_s = timeout_s
+        grace_s = default_grace(timeout_s) if grace_s is None else grace_s
         self.hard_timeout_s = None if timeout_s is None else timeout_s + grace_s
         self._payload = worker_payload(rewards)
         self._ctx = mp.get_context("spawn")

@@ -1,7 +1,7 @@
 """A pool of Ray actors that score samples, for runs on a Ray cluster (architecture.md §2.1, `RewardPool`).
 
 Same contract as the process pool: results stream back as samples finish (`ray.wait`), each sample has a hard
-timeout of `timeout_s + grace_s` after which its actor is killed (`ray.kill`) and replaced, and a dead actor
+timeout of `timeout_s + grace_s` (grace: `default_grace`, at most 5 s) after which its actor is killed (`ray.kill`) and replaced, and a dead actor
 fails only the sample it was scoring. Actors rebuild the reward functions from their specs, like the process
 workers. Ray must already be initialised (the trainer does it when it runs on Ray); this module never starts
 a cluster on its own.
@@ -14,7 +14,7 @@ import time
 from typing import Any, Iterator
 
 from creditrl.rewards.base import RewardSample, WeightedReward
-from creditrl.rewards.executor import SampleResults, failed_results, score_sample
+from creditrl.rewards.executor import SampleResults, default_grace, failed_results, score_sample
 from creditrl.rewards.process_pool import rebuild_rewards, worker_payload
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class RayRewardPool:
     """`workers` Ray actors (one CPU each) scoring samples concurrently."""
 
     def __init__(self, rewards: list[WeightedReward], workers: int, timeout_s: float | None,
-                 grace_s: float = 5.0, num_cpus: float = 1.0):
+                 grace_s: float | None = None, num_cpus: float = 1.0):
         import ray
 
         if not ray.is_initialized():
@@ -50,6 +50,7 @@ class RayRewardPool:
             raise ValueError(f"reward.workers must be >= 1 for the ray executor, got {workers}")
         self.rewards = rewards
         self.timeout_s = timeout_s
+        grace_s = default_grace(timeout_s) if grace_s is None else grace_s
         self.hard_timeout_s = None if timeout_s is None else timeout_s + grace_s
         self._payload = worker_payload(rewards)
         self._actor_cls = ray.remote(num_cpus=num_cpus, max_restarts=0)(RewardActor)

@@ -3,9 +3,10 @@
     with deadline(5.0):
         slow_sympy_call()  # raises RewardTimeout after 5 s
 
-The limit uses SIGALRM (`setitimer`), so it works only in the main thread of a process: the serial executor in
-the trainer and the process-pool / Ray workers all call rewards there. Elsewhere `deadline` is a no-op and the
-pools' outside timeout (kill the worker) is the only limit. `RewardTimeout` derives from BaseException so that
+The limit uses SIGALRM (`setitimer`), so it works only in the main thread of a process: the worker processes
+of the serial and process executors and the Ray actors all call rewards there. Elsewhere `deadline` is a no-op.
+SIGALRM's Python handler runs only between bytecodes, so code stuck in C (`sum(range(10**12))`) is not
+interrupted by it: the executors' outside timeout (kill the worker, executor.py) is the limit that always holds. `RewardTimeout` derives from BaseException so that
 libraries which catch `Exception` (math-verify, sympy) can not swallow it. Deadlines nest: an inner deadline
 never extends an outer one, and the outer one is re-armed when the inner one ends.
 """

@@ -17,6 +17,10 @@ a `StepKind` supplies what differs between an RL run and an offline preference r
 and the loop does the rest, once: resume, weight sync after every update (version += 1, so the engine used for
 evaluation has the new weights on every backend), evaluation when due, checkpoints, metrics to JSONL
 (+ TensorBoard), one console line per step, and the end-of-run evaluation.
+
+A learner that stops the run (`TrainingStopped`, creditrl/learner/health.py: diverged parameters, too many
+skipped steps in a row) raises out of `run_step`, before the step's weight sync, evaluation and checkpoint: the
+loop writes the step's learner metrics and re-raises with the step and the last good checkpoint named.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from creditrl.rewards import RewardManager, RewardSample
 from creditrl.rollout.base import RolloutOutput, SamplingParams
 from creditrl.trainer import checkpoint as ckpt
 from creditrl.learner.batch import RolloutBatch
+from creditrl.learner.health import TrainingStopped, stopped_at
 from creditrl.trainer.evaluate import evaluate_task
 from creditrl.learner.local import count_optimizer_steps
 from creditrl.models.build import load_tokenizer
@@ -83,7 +88,10 @@ def score_rollout(out: RolloutOutput, prompts: list, tokenizer, rewards: RewardM
     return rewards.score(samples)
 
 
-def build_batch(out: RolloutOutput, prompts: list, scores: list[float], pad_id: int, group_offset: int) -> RolloutBatch:
+def build_batch(out: RolloutOutput, prompts: list, scores: list[float], pad_id: int, group_offset: int,
+                components: list[list[float]] | None = None, weights: list[float] | None = None) -> RolloutBatch:
+    """The RolloutBatch of generated rows; `components` [B][K] / `weights` [K]: each reward function's unweighted
+    score and weight (for advantages that treat the functions separately, e.g. GRPO `normalize_then_sum`)."""
     ids, mask, lps = out.padded(pad_id)
     return RolloutBatch(
         prompt_ids=out.prompt_ids,
@@ -95,15 +103,23 @@ def build_batch(out: RolloutOutput, prompts: list, scores: list[float], pad_id: 
         prompt_keys=[prompts[i].key for i in out.prompt_index],
         finished=torch.tensor(out.finished, dtype=torch.bool),
         weight_version=out.weight_version,
+        reward_components=None if components is None else torch.tensor(components, dtype=torch.float32),
+        reward_weights=None if weights is None else torch.tensor(weights, dtype=torch.float32),
     )
 
 
-def _select_prompts(out: RolloutOutput, scores: list[float], keep: list[int], n: int):
+def _select_prompts(out: RolloutOutput, per_row: list, keep: list[int], n: int):
+    """The rows of the prompts `keep` (n samples each), and the matching entries of `per_row`."""
     rows = [p * n + j for p in keep for j in range(n)]
     sel = RolloutOutput([out.prompt_ids[r] for r in rows], [out.response_ids[r] for r in rows],
                         [out.logprobs[r] for r in rows], [out.finished[r] for r in rows],
                         [i for i, _ in enumerate(keep) for _ in range(n)], out.weight_version)
-    return sel, [scores[r] for r in rows]
+    return sel, [per_row[r] for r in rows]
+
+
+def _row_rewards(rb, names: list[str]) -> list[tuple[float, list[float]]]:
+    """(weighted score, [unweighted score of each function]) of every row of a RewardBatch."""
+    return [(s, [rb.components[k][i] for k in names]) for i, s in enumerate(rb.scores)]
 
 
 def rollout_seed(seed: int, step: int, round_: int) -> int:
@@ -122,7 +138,8 @@ def generate_and_score(cfg: RecipeConfig, step: int, engine, sampler: PromptSamp
     params = SamplingParams(rc.n_samples, rc.temperature, rc.top_p, rc.max_new_tokens)
     want = cfg.train.global_batch_prompts
     rounds = cfg.train.dynamic_sampling_max_rounds if cfg.train.dynamic_sampling else 1
-    kept_outs, kept_scores, kept_prompts = [], [], []
+    kept_outs, kept_scores, kept_prompts = [], [], []  # kept_scores: per round, _row_rewards of the kept rows
+    names = [r.name for r in rewards.rewards]
     metrics: dict[str, float] = {}
     reward_batches = []
     for r in range(rounds):
@@ -137,13 +154,13 @@ def generate_and_score(cfg: RecipeConfig, step: int, engine, sampler: PromptSamp
         timing["reward"] = timing.get("reward", 0.0) + time.perf_counter() - t1
         reward_batches.append(rb)
         if not cfg.train.dynamic_sampling:
-            kept_outs, kept_scores, kept_prompts = [out], [rb.scores], prompts
+            kept_outs, kept_scores, kept_prompts = [out], [_row_rewards(rb, names)], prompts
             break
         keep_mask, ds_metrics = dynamic_sampling_keep_mask(torch.tensor(rb.scores), torch.tensor(out.prompt_index))
         keep = [p for p in sorted(set(out.prompt_index)) if keep_mask[p * rc.n_samples]][:need]
         if r == 0:
             metrics.update(ds_metrics)
-        sel, sel_scores = _select_prompts(out, rb.scores, keep, rc.n_samples)
+        sel, sel_scores = _select_prompts(out, _row_rewards(rb, names), keep, rc.n_samples)
         kept_outs.append(sel)
         kept_scores.append(sel_scores)
         kept_prompts += [prompts[p] for p in keep]
@@ -153,10 +170,12 @@ def generate_and_score(cfg: RecipeConfig, step: int, engine, sampler: PromptSamp
         metrics["dynamic_sampling/rounds"] = float(len(reward_batches))
         metrics["dynamic_sampling/kept_prompts"] = float(len(kept_prompts))
         if not kept_prompts:  # every group was uniform: train on the last round as is (advantages are 0)
-            kept_outs, kept_scores, kept_prompts = [out], [rb.scores], prompts
+            kept_outs, kept_scores, kept_prompts = [out], [_row_rewards(rb, names)], prompts
     merged = RolloutOutput.concat(kept_outs)
-    scores = [s for part in kept_scores for s in part]
-    batch = build_batch(merged, kept_prompts, scores, tokenizer.pad_token_id, group_offset=step * 1_000_000)
+    rows = [row for part in kept_scores for row in part]
+    batch = build_batch(merged, kept_prompts, [s for s, _ in rows], tokenizer.pad_token_id,
+                        group_offset=step * 1_000_000, components=[c for _, c in rows],
+                        weights=[r.weight for r in rewards.rewards])
     first = reward_batches[0]
     metrics.update(first.metrics())
     metrics["reward/failures"] = float(sum(rb.failures for rb in reward_batches))
@@ -376,7 +395,12 @@ def _run(cfg: RecipeConfig, console, run_dir: Path, config_yaml: str, runtime: R
             timing: dict[str, float] = {}
             if on_step_start is not None:
                 on_step_start(step, runtime.engine)
-            metrics = kind.run_step(step, runtime, timing)
+            try:
+                metrics = kind.run_step(step, runtime, timing)
+            except TrainingStopped as err:  # before any sync, evaluation or checkpoint of the broken weights
+                writer.write(step, err.metrics)  # what the learner counted in this step (skips, param_max_abs)
+                writer.close()
+                raise stopped_at(err, step, ckpt.latest_checkpoint(run_dir)) from None
 
             t0 = time.perf_counter()
             metrics.update(runtime.sync(step))
@@ -403,7 +427,8 @@ def _adv_inputs(batch: RolloutBatch):
 
     return AdvantageInputs(rewards=batch.rewards, group_ids=batch.group_ids, mask=batch.mask,
                            prompt_keys=batch.prompt_keys, old_logprobs=batch.stats.get("old_logprobs"),
-                           old_entropy=batch.stats.get("old_entropy"))
+                           old_entropy=batch.stats.get("old_entropy"), reward_components=batch.reward_components,
+                           reward_weights=batch.reward_weights)
 
 
 def _eval_line(label: str, m: dict[str, float]) -> str:

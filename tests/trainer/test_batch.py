@@ -48,3 +48,24 @@ def test_lr_schedule_values():
     assert lr_factor(55, 100, 10, "linear", 0.0) == 0.5  # halfway through the decay
     assert abs(lr_factor(100, 100, 10, "cosine", 0.1) - 0.1) < 1e-12
     assert abs(lr_factor(55, 100, 10, "cosine", 0.0) - 0.5) < 1e-12
+
+
+def test_per_function_rewards_follow_their_rows_through_prompt_selection():
+    """The batch's reward_components rows stay aligned with its rewards when dynamic sampling keeps a subset."""
+    from types import SimpleNamespace
+
+    from creditrl.rollout.base import RolloutOutput
+    from creditrl.trainer.loop import _row_rewards, _select_prompts, build_batch
+
+    out = RolloutOutput([[1], [1], [2], [2]], [[5], [6], [7], [8]], [[-0.1], [-0.2], [-0.3], [-0.4]],
+                        [True] * 4, [0, 0, 1, 1])
+    comps = {"acc": [1.0, 0.0, 0.0, 1.0], "fmt": [0.5, 0.25, 1.0, 0.0]}
+    weights = {"acc": 1.0, "fmt": 0.2}
+    rb = SimpleNamespace(scores=[sum(weights[k] * comps[k][i] for k in comps) for i in range(4)], components=comps)
+    sel, rows = _select_prompts(out, _row_rewards(rb, ["acc", "fmt"]), keep=[1], n=2)
+    prompts = [SimpleNamespace(key="p1")]
+    batch = build_batch(sel, prompts, [s for s, _ in rows], pad_id=0, group_offset=0,
+                        components=[c for _, c in rows], weights=[weights["acc"], weights["fmt"]])
+    assert batch.response_ids[:, 0].tolist() == [7, 8]
+    assert batch.reward_components.tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    torch.testing.assert_close(batch.rewards, batch.reward_components @ batch.reward_weights)
