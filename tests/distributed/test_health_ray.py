@@ -28,8 +28,10 @@ def test_zero3_divergence_stops_before_any_checkpoint(local_ray, tiny_files, tmp
     train(load_config("tiny_grpo_ray_zero3", tiny_files.overrides(run, *SHORT, "train.steps=1")))
     before = _snapshot(run)
     assert "latest" in before and any(k.startswith("step_000001/deepspeed/") for k in before)
+    # the random-init model scores 0 everywhere (zero advantages, zero gradients, so Adam moves nothing): the
+    # decoupled weight decay is what lr=1e30 blows up, theta <- theta (1 - lr wd)
     with pytest.raises(TrainingDiverged, match="training stopped at step 1: the model diverged") as info:
         train(load_config("tiny_grpo_ray_zero3", tiny_files.overrides(run, *SHORT, "train.steps=2",
-                                                                      "train.lr=1e30")))
+                                                                      "train.lr=1e30", "train.weight_decay=0.01")))
     assert info.value.metrics["actor/param_max_abs"] > 1e20
     assert _snapshot(run) == before
