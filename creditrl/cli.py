@@ -185,6 +185,64 @@ def config_validate(
     _run(go)
 
 
+LIST_TARGETS_HELP = "What to list: parts (algorithm parts), rewards, recipes, keys (every recipe key) or all"
+
+
+@app.command(name="list")
+def list_cmd(
+    target: str = typer.Argument("all", help=LIST_TARGETS_HELP),
+    markdown: bool = typer.Option(False, "--markdown", help="With `keys`: print the recipe reference as Markdown "
+                                  "(the text of docs/configuration.md)"),
+):
+    """List the registered algorithm parts and reward functions (with their options, types and defaults), the
+    built-in recipes, or every recipe key (`creditrl list keys --markdown > docs/configuration.md`)."""
+    from creditrl import catalog
+
+    if target not in catalog.TARGETS:
+        _error(f"unknown list target {target!r}; choose one of {', '.join(catalog.TARGETS)}")
+        raise typer.Exit(2)
+    if markdown:
+        if target != "keys":
+            _error("--markdown is for `creditrl list keys --markdown` (the recipe reference)")
+            raise typer.Exit(2)
+        sys.stdout.write(catalog.reference_markdown())
+        return
+    from rich.table import Table
+
+    console = Console(highlight=False)
+
+    def items_table(title: str, items, key_column: bool) -> Table:
+        table = Table(title=title, title_justify="left", show_lines=True)
+        if key_column:
+            table.add_column("recipe key", no_wrap=True)
+        table.add_column("name", style="bold", no_wrap=True)
+        table.add_column("summary")
+        table.add_column("options (type = default)")
+        for it in items:
+            opts = "\n".join(f"{o.name}: {o.type} = {o.default}" for o in it.options) or "-"
+            table.add_row(*([it.key] if key_column else []), it.name, it.summary, opts)
+        return table
+
+    if target in ("parts", "all"):
+        console.print(items_table("Algorithm parts (algorithm.*)", catalog.list_parts(), True), markup=False)
+    if target in ("rewards", "all"):
+        console.print(items_table("Reward functions (reward.fns)", catalog.list_rewards(), False), markup=False)
+    if target in ("recipes", "all"):
+        table = Table(title="Built-in recipes (creditrl train NAME)", title_justify="left")
+        for col in ("name", "extends", "summary"):
+            table.add_column(col, no_wrap=col != "summary", style="bold" if col == "name" else None)
+        for it in catalog.list_recipes():
+            table.add_row(it.name, it.options[0].default if it.options else "-", it.summary)
+        console.print(table, markup=False)
+    if target in ("keys", "all"):
+        table = Table(title="Recipe keys (docs/configuration.md)", title_justify="left")
+        for col in ("key", "type", "default", "meaning"):
+            table.add_column(col, no_wrap=col == "key", style="bold" if col == "key" else None)
+        for o in catalog.recipe_keys():
+            table.add_row(o.name, o.type, o.default, o.doc)
+        console.print(table, markup=False)
+
+
 @tiny_app.command("init")
 def tiny_init(
     out: Path = typer.Option(Path("tiny"), help="Directory for base/ (model + tokenizer) and data/"),

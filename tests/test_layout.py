@@ -31,6 +31,8 @@ ALLOWED: dict[str, set[str]] = {
     "recipes": set(),
     # the file-level checks of a recipe (models, tokenizers, data, reward files), called by the cli
     "preflight": {"algorithms", "config", "data", "models", "registry", "rewards"},
+    # what a recipe can name (`creditrl list`, docs/configuration.md), read from the registries and the schema
+    "catalog": {"algorithms", "config", "registry", "rewards"},
 }
 # third-party frameworks that pure-math and low-level packages must not touch
 FORBIDDEN_EXTERNAL = {"algorithms": {"ray", "deepspeed", "vllm"}, "kernels": {"ray", "deepspeed", "vllm"},

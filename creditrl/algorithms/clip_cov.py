@@ -125,11 +125,11 @@ def clip_cov_scope_stats(
 
 @dataclass
 class ClipCovConfig:
-    clip_low: float = 0.2
-    clip_high: float = 0.2
+    clip_low: float = 0.2  # eps_low: ratio clipped below at 1 - clip_low, >= 0
+    clip_high: float = 0.2  # eps_high: ratio clipped above at 1 + clip_high, >= 0
     clip_cov_ratio: float = 2e-4  # fraction of valid tokens to detach
-    clip_cov_lb: float = 1.0
-    clip_cov_ub: float = 5.0
+    clip_cov_lb: float = 1.0  # candidates have token covariance cov_t > lb (exclusive)
+    clip_cov_ub: float = 5.0  # ... and cov_t < ub (exclusive); must be > clip_cov_lb
     seed: int = 0  # of the generator that picks the detached tokens
 
     def __post_init__(self):

@@ -60,9 +60,9 @@ from creditrl.registry import PartSpec, part, parts
 class KLConfig:
     """KL to the reference model. coef 0 disables it (and the reference model is not loaded)."""
 
-    coef: float = 0.0
-    estimator: str = "k3"
-    placement: Literal["loss", "reward"] = "loss"
+    coef: float = 0.0  # KL coefficient beta; 0 = no KL (and no reference model)
+    estimator: str = "k3"  # per-token KL estimator: k1 | k2 | k3 | abs | k3_unclamped, "+" variants (kl.py)
+    placement: Literal["loss", "reward"] = "loss"  # loss: a KL loss term; reward: subtracted from token rewards
     bias_correction: bool = False  # KL_t * exp(l - l_old), not detached (TRL use_bias_correction_kl); loss only
 
     def __post_init__(self):
@@ -75,13 +75,17 @@ class KLConfig:
 
 @dataclass
 class AlgorithmConfig:
-    advantage: PartSpec = part(ADVANTAGES, "grpo")
-    policy_loss: PartSpec = part(POLICY_LOSSES, "ppo_clip")
-    token_weights: list[PartSpec] = parts(TOKEN_WEIGHTS)
-    regularizers: list[PartSpec] = parts(REGULARIZERS)
+    advantage: PartSpec = part(ADVANTAGES, "grpo")  # advantage estimator: a name or {name: ..., <options>}
+    policy_loss: PartSpec = part(POLICY_LOSSES, "ppo_clip")  # per-token policy loss (creditrl list parts)
+    token_weights: list[PartSpec] = parts(TOKEN_WEIGHTS)  # per-token weights / masks, applied in order
+    regularizers: list[PartSpec] = parts(REGULARIZERS)  # extra loss terms (entropy bonus, Lp-Reg, ...)
+    # aggregation of the [B, T] loss: token-mean | token-sum | seq-mean-token-sum | seq-mean-token-mean |
+    # seq-mean-token-sum-norm (creditrl/algorithms/aggregation.py)
     loss_agg: str = "token-mean"
     loss_agg_norm_len: int | None = None  # K of seq-mean-token-sum-norm; null = rollout.max_new_tokens
     kl: KLConfig = None  # type: ignore[assignment]
+    # where token statistics (STEER, 80/20, HAPO, Lp-Reg, THR, ...) are taken: per micro-batch (reference),
+    # per mini-batch or over the whole step batch, across ranks
     token_stat_scope: Literal["micro_batch", "mini_batch", "global"] = "micro_batch"
 
     def __post_init__(self):

@@ -90,7 +90,7 @@ def sas_group_advantages(
 @dataclass
 class DCPOSASConfig:
     enabled: bool = True  # false = the released DCPO scripts (k = 0 every step: GRPO with unbiased std, no eps)
-    norm_by_std: bool = True
+    norm_by_std: bool = True  # divide A_new / A_total by their std; false = plain differences R_j - mu
 
 
 @ADVANTAGES.register("dcpo_sas", DCPOSASConfig)

@@ -17,7 +17,7 @@ from creditrl.algorithms.registry import REGULARIZERS
 
 @dataclass
 class EntropyBonusConfig:
-    coef: float = 0.001
+    coef: float = 0.001  # weight of the entropy bonus: L_t - coef * H_t
 
 
 @REGULARIZERS.register("entropy_bonus", EntropyBonusConfig)

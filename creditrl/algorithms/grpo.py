@@ -99,6 +99,8 @@ class GRPOConfig:
     norm_by_std: bool = True  # false = Dr.GRPO (TRL scale_rewards="none")
     eps: float = 1e-6  # verl; TRL uses 1e-4
     std_scope: Literal["group", "batch"] = "group"  # batch = TRL scale_rewards="batch"
+    # how several reward functions combine: sum_then_normalize (weighted sum, then norm_by_std / std_scope) or
+    # normalize_then_sum (GDPO/TRL: standardise each function per group, weighted sum, then standardise over batch)
     multi_objective: Literal["sum_then_normalize", "normalize_then_sum"] = "sum_then_normalize"
 
     def __post_init__(self):

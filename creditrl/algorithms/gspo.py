@@ -55,8 +55,8 @@ def gspo_loss(
 
 @dataclass
 class GSPOConfig:
-    clip_low: float = 3e-4
-    clip_high: float = 4e-4
+    clip_low: float = 3e-4  # eps_low: sequence ratio clipped below at 1 - clip_low, in [0, 1)
+    clip_high: float = 4e-4  # eps_high: sequence ratio clipped above at 1 + clip_high, >= 0
 
     def __post_init__(self):
         if not (0 <= self.clip_low < 1) or self.clip_high < 0:

@@ -63,8 +63,8 @@ def hapo_advantages(
 
 @dataclass
 class HapoAdvantageConfig:
-    norm_by_std: bool = True
-    eps: float = 1e-6
+    norm_by_std: bool = True  # divide by the length-weighted group std (+ eps); false = R_i - mu_g only
+    eps: float = 1e-6  # added to sigma_g (and to the GRPO fallback's std), >= 0
     fallback_threshold: float = 5.0  # |A| at or above which the group falls back to GRPO
 
     def __post_init__(self):

@@ -47,10 +47,10 @@ def redistribution_weights(
 class HapoRedistributionConfig:
     adv_beta: float = 1.0  # beta
     clip_low: float = 0.2  # must match hapo_clip (the neutral zone uses the adapted bounds)
-    clip_high: float = 0.2
-    clip_alpha: float = 1.0
-    entropy_pivot: float = 0.8
-    hhat_sign: HhatSign = "code"
+    clip_high: float = 0.2  # eps_high; must match hapo_clip
+    clip_alpha: float = 1.0  # alpha, entropy scaling of the adapted bounds; must match hapo_clip
+    entropy_pivot: float = 0.8  # quantile of ln H used as the pivot, in [0, 1]; must match hapo_clip
+    hhat_sign: HhatSign = "code"  # code (reference) | signed (paper; needs adv_beta <= 1); must match hapo_clip
 
     def __post_init__(self):
         validate_hapo_entropy_options(self.entropy_pivot, self.hhat_sign, "hapo_redistribution")

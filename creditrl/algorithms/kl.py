@@ -79,8 +79,8 @@ def bias_corrected(kl: Tensor, logprobs: Tensor, old_logprobs: Tensor) -> Tensor
 
 @dataclass
 class KLLossConfig:
-    coef: float = 0.001
-    estimator: str = "k3"
+    coef: float = 0.001  # weight of the KL term: L_t + coef * KL_t
+    estimator: str = "k3"  # k1 | k2 | k3 | abs | k3_unclamped, + suffix = k2 gradient; aliases kl, mse, low_var_kl
     bias_correction: bool = False  # KL_t * exp(l - l_old), not detached (TRL use_bias_correction_kl)
 
     def __post_init__(self):

@@ -52,6 +52,7 @@ def nthr_weights(scores: Tensor, tau: Tensor, eta: Tensor, scored: Tensor, advan
 @dataclass
 class NTHRConfig:
     beta: float = 1.0  # tau = beta * min positive anchor; 0 was used for DeepSeek-1.5B
+    # eta from the group success rate rho: balanced 2|0.5 - rho| | success_rate rho | failure_rate 1 - rho
     eta: EtaRule = "balanced"
 
     def __post_init__(self):

@@ -53,7 +53,7 @@ def ppo_clip_loss(
 
 @dataclass
 class PPOClipConfig:
-    clip_low: float = 0.2
+    clip_low: float = 0.2  # eps_low: ratio clipped below at 1 - clip_low, in [0, 1] (1 = no lower bound)
     clip_high: float = 0.2  # > clip_low = DAPO clip-higher (0.28 in DAPO)
     dual_clip: float | None = 3.0  # c; null disables
 

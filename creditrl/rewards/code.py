@@ -123,8 +123,8 @@ def _run_problem(res: SandboxResult, limits: SandboxLimits, penalize_strays: boo
 
 @dataclass
 class CodeTestsConfig:
-    scoring: Literal["pass_rate", "all_or_nothing"] = "pass_rate"
-    limits: SandboxLimits = field(default_factory=SandboxLimits)
+    scoring: Literal["pass_rate", "all_or_nothing"] = "pass_rate"  # passed / n_tests, or 1 only if all pass
+    limits: SandboxLimits = field(default_factory=SandboxLimits)  # sandbox limits of one run (see sandbox.py)
     site_packages: bool = False  # let the program import this environment's packages (numpy, ...)
     require_code_block: bool = True  # False: with no fenced block, run the whole response
     penalize_strays: bool = True  # score 0 if the program leaves a background process running

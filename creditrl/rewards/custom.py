@@ -121,7 +121,7 @@ def as_reward_result(value: Any) -> RewardResult | float:
 @dataclass
 class CustomRewardConfig:
     function: str = ""  # "module.path:function" or "path/to/file.py:function" (required)
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments passed to the function
 
     def __post_init__(self):
         if not self.function:

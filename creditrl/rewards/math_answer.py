@@ -68,9 +68,9 @@ class MathAnswerConfig:
     extract: list[str] = field(default_factory=lambda: list(DEFAULT_STRATEGIES))
     gold_boxed: bool = False  # the dataset answer is a full solution: compare against its last \boxed{}
     timeout_s: float = 5.0  # per-sample limit for parse + verify
-    correct_score: float = 1.0
+    correct_score: float = 1.0  # score of an answer equivalent to the ground truth
     wrong_score: float = 0.0  # > 0 gives format credit for a well-formed but wrong answer
-    no_answer_score: float = 0.0
+    no_answer_score: float = 0.0  # score when no strategy extracts an answer
 
     def __post_init__(self):
         check_strategies(self.extract)

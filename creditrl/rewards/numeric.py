@@ -56,8 +56,8 @@ def answers_match(predicted: str, truth: str, rel_tol: float = 1e-6, abs_tol: fl
 
 @dataclass
 class NumericAnswerConfig:
-    rel_tol: float = 1e-6
-    abs_tol: float = 1e-9
+    rel_tol: float = 1e-6  # relative tolerance of math.isclose for plain numbers
+    abs_tol: float = 1e-9  # absolute tolerance of math.isclose for plain numbers
 
 
 @REWARDS.register("numeric_answer", NumericAnswerConfig)

@@ -26,13 +26,13 @@ log = logging.getLogger(__name__)
 class RewardModelConfig:
     path: str = ""  # local model directory (required)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    batch_size: int = 16
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # torch dtype the model is loaded in
+    batch_size: int = 16  # texts tokenized and scored per forward pass, >= 1
     max_length: int = 1024  # tokens; longer texts lose their beginning
     template: str = "{prompt}{response}"  # Python format string over prompt, response, answer
     use_chat_template: bool = False  # [user: prompt, assistant: response] through the tokenizer's template
     label: int = 0  # which logit is the reward (0 for a num_labels=1 reward model)
-    transform: Literal["none", "sigmoid"] = "none"
+    transform: Literal["none", "sigmoid"] = "none"  # score = the logit, or sigmoid(logit) in (0, 1)
 
     def __post_init__(self):
         if self.batch_size < 1 or self.max_length < 1:

@@ -72,9 +72,9 @@ def format_checks(text: str, tags: list[str], in_order: bool, strict: bool) -> t
 
 @dataclass
 class FormatTagsConfig:
-    tags: list[str] = field(default_factory=lambda: ["think", "answer"])
-    in_order: bool = True
-    strict: bool = False
+    tags: list[str] = field(default_factory=lambda: ["think", "answer"])  # names; each <tag>…</tag> exactly once
+    in_order: bool = True  # the blocks must appear in the listed order, without overlapping
+    strict: bool = False  # no text (other than whitespace) outside the blocks
     partial: bool = False  # fraction of checks passed instead of all-or-nothing
 
     def __post_init__(self):
@@ -104,7 +104,7 @@ def format_tags(cfg: FormatTagsConfig):
 @dataclass
 class FormatRegexConfig:
     pattern: str = ""  # Python regular expression (required); `.` also matches newlines
-    mode: Literal["fullmatch", "search"] = "fullmatch"
+    mode: Literal["fullmatch", "search"] = "fullmatch"  # the whole response must match, or any part of it
     strip: bool = True  # ignore leading/trailing whitespace of the response
 
     def __post_init__(self):
@@ -137,8 +137,8 @@ def format_regex(cfg: FormatRegexConfig):
 @dataclass
 class LengthPenaltyConfig:
     coef: float = 1e-3  # penalty per unit of length over free_len
-    free_len: int = 0
-    unit: Literal["tokens", "chars"] = "tokens"
+    free_len: int = 0  # length (in unit) allowed without penalty, >= 0
+    unit: Literal["tokens", "chars"] = "tokens"  # |y| in response tokens or characters
 
     def __post_init__(self):
         if self.coef < 0 or self.free_len < 0:
@@ -169,7 +169,7 @@ def overlong_penalty_value(length: int, max_len: int, buffer_len: int, penalty_f
 class OverlongPenaltyConfig:
     max_len: int = 20480  # L_max: the maximum response length (rollout.max_new_tokens)
     buffer_len: int = 4096  # L_c: the penalty ramps over the last buffer_len tokens
-    penalty_factor: float = 1.0
+    penalty_factor: float = 1.0  # penalty reached at max_len (linear from 0 over the buffer), >= 0
 
     def __post_init__(self):
         if not 0 < self.buffer_len <= self.max_len:

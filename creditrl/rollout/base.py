@@ -21,8 +21,14 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 32
     seed: int | None = None  # per-call seed; None = the engine's RNG stream
+    top_k: int = 0  # keep the k most likely tokens; 0 or -1 = off
+    min_p: float = 0.0  # keep tokens with p >= min_p * p_max; 0 = off
+    stop_token_ids: tuple[int, ...] = ()  # end tokens besides the engine's EOS (creditrl/rollout/stopping.py)
+    stop: tuple[str, ...] = ()  # stop strings: the response ends at the token that completes one (kept)
 
     def __post_init__(self):
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        object.__setattr__(self, "stop", tuple(self.stop))
         if self.n < 1:
             raise ValueError(f"n (samples per prompt) must be >= 1, got {self.n}")
         if self.temperature < 0:
@@ -31,16 +37,30 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.top_k < -1:
+            raise ValueError(f"top_k must be >= 1, or 0 / -1 for off, got {self.top_k}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1] (0 = off), got {self.min_p}")
+        if any(not s for s in self.stop):
+            raise ValueError(f"stop strings must be non-empty, got {list(self.stop)}")
+
+    @property
+    def top_k_or_off(self) -> int:
+        """top_k, 0 meaning off (-1 is accepted as off, as in vLLM)."""
+        return max(self.top_k, 0)
 
 
 @dataclass
 class RolloutOutput:
-    """Generated samples, one row per (prompt, sample). Response token lists include the EOS token if produced."""
+    """Generated samples, one row per (prompt, sample). Response token lists include the end token (or
+    the token completing a stop string) that ended them."""
 
     prompt_ids: list[list[int]]  # [B] prompt token ids (no padding)
     response_ids: list[list[int]]  # [B] response token ids (no padding)
-    logprobs: list[list[float]]  # [B] sampler log-prob of each response token (after temperature / top-p)
-    finished: list[bool]  # [B] True if the response ended with EOS, False if cut at max_new_tokens
+    logprobs: list[list[float]]  # [B] sampler log-prob of each response token (after temperature / min-p /
+    #                              top-k / top-p: the truncated, renormalised distribution it was drawn from)
+    finished: list[bool]  # [B] True if the response ended at an end token or stop string, False if cut at
+    #                       max_new_tokens
     prompt_index: list[int]  # [B] index of the prompt in the request
     weight_version: int = 0  # version of the weights that generated these samples
     meta: dict = field(default_factory=dict)

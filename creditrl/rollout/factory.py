@@ -32,4 +32,5 @@ def make_rollout_engine(cfg: RecipeConfig, pad_id: int, eos_id: int, seed: int,
     from creditrl.rollout.hf_engine import HFGenerateEngine
 
     model = shared_model if shared_model is not None else build_policy(cfg.model, trainable=False)
-    return HFGenerateEngine(model, pad_id, eos_id, cfg.rollout.generation_batch_prompts, cfg.model.autocast_bf16)
+    return HFGenerateEngine(model, pad_id, eos_id, cfg.rollout.generation_batch_prompts, cfg.model.autocast_bf16,
+                            tokenizer=cfg.model.path)  # loaded only for stop strings

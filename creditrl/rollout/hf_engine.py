@@ -1,9 +1,12 @@
 """Rollout with Hugging Face `generate`: the CPU engine (and a GPU fallback without vLLM).
 
 Prompts are left-padded into batches of `generation_batch_prompts`, each prompt sampled `n` times
-(`num_return_sequences`). The sampler's per-token log-probs are read from the *processed* scores (after
-temperature and top-p, as vLLM's `processed_logprobs`), so they are the log-probs of the distribution the token
-was actually drawn from. Generation stops at EOS; tokens after it are dropped.
+(`num_return_sequences`). Sampling applies temperature, min-p, top-k, top-p in that order (vLLM's order; built
+here as one `LogitsProcessorList`, so transformers' own order does not apply). The sampler's per-token
+log-probs are read from the *processed* scores (after all four, as vLLM's `processed_logprobs`), so they are
+the log-probs of the distribution the token was actually drawn from. Generation stops at any end token (the
+engine's EOS + `SamplingParams.stop_token_ids`) or stop string (creditrl/rollout/stopping.py); the token that
+ended a response is kept, tokens after it are dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 from torch import Tensor
 
 from creditrl.rollout.base import RolloutOutput, SamplingParams
+from creditrl.rollout.stopping import StopStringCriteria, first_stop
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +30,13 @@ class HFGenerateEngine:
     version; a Ray rollout actor owns its copy and receives tensors through `update_weights`.
     """
 
-    def __init__(self, model, pad_id: int, eos_id: int, batch_prompts: int = 64, autocast_bf16: bool = False):
+    def __init__(self, model, pad_id: int, eos_id: int | None, batch_prompts: int = 64, autocast_bf16: bool = False,
+                 tokenizer=None):
+        """`tokenizer`: a tokenizer or the path of a directory holding one (loaded on first use); needed only
+        for stop strings, which are matched on decoded text."""
         self.model = model
         self.pad_id, self.eos_id = pad_id, eos_id
+        self._tokenizer = tokenizer
         self.batch_prompts = batch_prompts
         self.autocast_bf16 = autocast_bf16
         self.weight_version = 0
@@ -58,30 +66,80 @@ class HFGenerateEngine:
             input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             attention[i, width - len(p) :] = 1
         greedy = params.temperature == 0
+        ends = self._end_ids(params)
         kwargs = dict(
             max_new_tokens=params.max_new_tokens,
             num_return_sequences=params.n,
             do_sample=not greedy,
             pad_token_id=self.pad_id,
-            eos_token_id=self.eos_id,
+            eos_token_id=list(ends) if ends else None,
             output_scores=True,
             return_dict_in_generate=True,
         )
         if not greedy:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+            # transformers' own warpers off (its generation_config defaults such as top_k=50 included); ours in
+            # vLLM's order: temperature, min-p, top-k, top-p
+            kwargs.update(temperature=1.0, top_k=0, top_p=1.0, min_p=None,
+                          logits_processor=self._warpers(params))
+        decode = None
+        if params.stop:
+            from transformers import StoppingCriteriaList
+
+            decode = self._decoder()
+            kwargs["stopping_criteria"] = StoppingCriteriaList([StopStringCriteria(decode, params.stop, width)])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bf16):
             out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
         new_tokens = out.sequences[:, width:]  # [P*n, S]
         scores = torch.stack(out.scores, dim=1).float()  # [P*n, S, V] processed logits
         logprobs = torch.log_softmax(scores, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)  # [P*n, S]
-        return self._to_output(prompts, params.n, new_tokens, logprobs)
+        return self._to_output(prompts, params.n, new_tokens, logprobs, ends, params.stop, decode)
 
-    def _to_output(self, prompts: list[list[int]], n: int, tokens: Tensor, logprobs: Tensor) -> RolloutOutput:
+    def _end_ids(self, params: SamplingParams) -> tuple[int, ...]:
+        ids = set(params.stop_token_ids)
+        if self.eos_id is not None:
+            ids.add(int(self.eos_id))
+        return tuple(sorted(ids))
+
+    @staticmethod
+    def _warpers(params: SamplingParams):
+        from transformers import LogitsProcessorList
+        from transformers.generation.logits_process import (MinPLogitsWarper, TemperatureLogitsWarper,
+                                                            TopKLogitsWarper, TopPLogitsWarper)
+
+        warpers = LogitsProcessorList()
+        if params.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(params.temperature))
+        if params.min_p > 0:
+            warpers.append(MinPLogitsWarper(params.min_p))
+        if params.top_k_or_off > 0:
+            warpers.append(TopKLogitsWarper(params.top_k_or_off))
+        if params.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(params.top_p))
+        return warpers
+
+    def _decoder(self):
+        if self._tokenizer is None:
+            raise ValueError("stop strings (rollout.stop) need the tokenizer: this HFGenerateEngine was built "
+                             "without one. Fix: pass tokenizer= (a tokenizer or its directory)")
+        if isinstance(self._tokenizer, str):
+            from creditrl.models.build import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self._tokenizer)
+        tok = self._tokenizer
+        return lambda ids: tok.decode(ids, skip_special_tokens=True)
+
+    def _to_output(self, prompts: list[list[int]], n: int, tokens: Tensor, logprobs: Tensor,
+                   ends: tuple[int, ...], stops: tuple[str, ...] = (), decode=None) -> RolloutOutput:
         out = RolloutOutput([], [], [], [], [])
+        end_set = set(ends)
         for row in range(tokens.shape[0]):
             toks = tokens[row].tolist()
-            finished = self.eos_id in toks
-            length = toks.index(self.eos_id) + 1 if finished else len(toks)
+            cut = next((i for i, t in enumerate(toks) if t in end_set), None)
+            if stops:
+                hit = first_stop(toks if cut is None else toks[: cut + 1], decode, stops)
+                cut = hit if hit is not None else cut
+            finished = cut is not None
+            length = cut + 1 if finished else len(toks)
             out.prompt_ids.append(list(prompts[row // n]))
             out.response_ids.append(toks[:length])
             out.logprobs.append(logprobs[row, :length].tolist())

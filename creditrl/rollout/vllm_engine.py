@@ -40,8 +40,11 @@ same code runs on GPU: every RPC argument is plain data (bytes, str, numbers, li
 
 Sampling: `params.seed` makes a call reproducible: prompt k gets its own seed drawn from `params.seed` (vLLM
 gives sample j of a request seed + j), so no two requests share a random stream. Log-probs are
-`processed_logprobs` (after temperature / top-p): the distribution the token was drawn from, as the HF engine
-reports.
+`processed_logprobs` (after temperature, min-p, top-k, top-p, in that order): the distribution the token was
+drawn from, as the HF engine reports. End tokens: the engine's EOS + `SamplingParams.stop_token_ids` (vLLM also
+adds the model's generation_config eos list by itself); stop strings use `include_stop_str_in_output=True`, so
+the text matches the token ids, which vLLM always ends at the token completing the stop string (the HF engine
+does the same: creditrl/rollout/stopping.py).
 """
 
 from __future__ import annotations
@@ -409,9 +412,13 @@ class VLLMEngine:
     def _sampling_params(self, params: SamplingParams, seed: int | None):
         from vllm import SamplingParams as VLLMSamplingParams
 
+        ends = set(params.stop_token_ids) | ({int(self.eos_id)} if self.eos_id is not None else set())
         return VLLMSamplingParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
-                                  max_tokens=params.max_new_tokens, logprobs=0, seed=seed, detokenize=False,
-                                  stop_token_ids=[self.eos_id] if self.eos_id is not None else None)
+                                  top_k=params.top_k_or_off, min_p=params.min_p,
+                                  max_tokens=params.max_new_tokens, logprobs=0, seed=seed,
+                                  detokenize=bool(params.stop),  # stop strings are matched on decoded text
+                                  stop=list(params.stop) or None, include_stop_str_in_output=True,
+                                  stop_token_ids=sorted(ends) or None)
 
     # ---- weight sync -------------------------------------------------------------------------------------
     def update_weights(self, named_tensors: Iterable[tuple[str, Tensor]], version: int) -> None:

@@ -42,26 +42,47 @@ def _correct(engine: RolloutEngine, data: PromptDataset, rewards: RewardManager,
 
 
 def evaluate(engine: RolloutEngine, data: PromptDataset, rewards: RewardManager, tokenizer, *, max_new_tokens: int,
-             pass_k: int, temperature: float, top_p: float, seed: int, tag: str = "eval") -> dict[str, float]:
-    """{"eval/greedy_acc", "eval/pass@k", "eval/mean_acc@t"} on `data`."""
+             pass_k: int, temperature: float, top_p: float, seed: int, tag: str = "eval", top_k: int = 0,
+             min_p: float = 0.0, sample_max_new_tokens: int | None = None, stop_token_ids: tuple[int, ...] = (),
+             stop: tuple[str, ...] = ()) -> dict[str, float]:
+    """{"eval/greedy_acc", "eval/pass@k", "eval/mean_acc@t"} on `data`. Greedy decoding uses `max_new_tokens`;
+    pass@k samples with temperature / top_p / top_k / min_p and `sample_max_new_tokens` (None: max_new_tokens).
+    Both stop at the end tokens `stop_token_ids` (besides the engine's EOS) and the stop strings `stop`."""
     metrics: dict[str, float] = {}
+    ends = dict(stop_token_ids=tuple(stop_token_ids), stop=tuple(stop))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        greedy = _correct(engine, data, rewards, SamplingParams(1, 0.0, 1.0, max_new_tokens), tokenizer, tag)
+        greedy = _correct(engine, data, rewards, SamplingParams(1, 0.0, 1.0, max_new_tokens, **ends), tokenizer, tag)
         metrics["eval/greedy_acc"] = sum(g[0] for g in greedy) / len(greedy)
         if pass_k > 0:
-            sampled = _correct(engine, data, rewards, SamplingParams(pass_k, temperature, top_p, max_new_tokens,
-                                                                         seed=seed),
-                               tokenizer, tag)
+            params = SamplingParams(pass_k, temperature, top_p, sample_max_new_tokens or max_new_tokens, seed=seed,
+                                    top_k=top_k, min_p=min_p, **ends)
+            sampled = _correct(engine, data, rewards, params, tokenizer, tag)
             metrics[f"eval/pass@{pass_k}"] = sum(pass_at_k(len(s), sum(s), pass_k) for s in sampled) / len(sampled)
             metrics["eval/sample_acc"] = sum(sum(s) / len(s) for s in sampled) / len(sampled)
     return metrics
 
 
+def eval_sampling_kwargs(cfg: RecipeConfig, tokenizer) -> dict:
+    """`evaluate` keyword arguments of a recipe: eval.sampling, each null falling back to the rollout's value
+    (temperature: to eval.temperature); greedy uses rollout.max_new_tokens; end tokens / stop strings of the
+    rollout (creditrl/rollout/stopping.py)."""
+    from creditrl.rollout.stopping import stop_kwargs
+
+    es, rc = cfg.eval.sampling, cfg.rollout
+
+    def pick(value, default):
+        return default if value is None else value
+
+    return dict(max_new_tokens=rc.max_new_tokens, pass_k=cfg.eval.pass_k,
+                temperature=pick(es.temperature, cfg.eval.temperature), top_p=pick(es.top_p, rc.top_p),
+                top_k=pick(es.top_k, rc.top_k), min_p=pick(es.min_p, rc.min_p),
+                sample_max_new_tokens=pick(es.max_new_tokens, rc.max_new_tokens), **stop_kwargs(cfg, tokenizer))
+
+
 def evaluate_task(cfg: RecipeConfig, engine: RolloutEngine, data: PromptDataset, rewards: RewardManager, tokenizer,
                   tag: str) -> dict[str, float]:
-    """`evaluate` with the recipe's settings (eval.pass_k, eval.temperature, rollout.max_new_tokens / top_p);
-    the evaluation seed is fixed per run (`seed + 7919`), so every evaluation of a run samples alike."""
-    return evaluate(engine, data, rewards, tokenizer, max_new_tokens=cfg.rollout.max_new_tokens,
-                    pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p,
-                    seed=cfg.seed + 7919, tag=tag)
+    """`evaluate` with the recipe's settings (`eval_sampling_kwargs`); the evaluation seed is fixed per run
+    (`seed + 7919`), so every evaluation of a run samples alike."""
+    return evaluate(engine, data, rewards, tokenizer, seed=cfg.seed + 7919, tag=tag,
+                    **eval_sampling_kwargs(cfg, tokenizer))

@@ -9,7 +9,7 @@ from creditrl.data import load_prompt_datasets
 from creditrl.rewards import RewardManager
 from creditrl.rollout.hf_engine import HFGenerateEngine
 from creditrl.trainer.checkpoint import latest_checkpoint
-from creditrl.trainer.evaluate import evaluate
+from creditrl.trainer.evaluate import eval_sampling_kwargs, evaluate
 from creditrl.models.build import load_causal_lm, load_tokenizer
 
 
@@ -34,7 +34,7 @@ def evaluate_target(target: str, overrides: list[str]) -> dict[str, float]:
         model = load_causal_lm(str(model_dir), cfg.model.dtype)
     _, eval_data = load_prompt_datasets(cfg.data, tokenizer, cfg.seed)
     eval_data.rows = eval_data.rows[: cfg.eval.max_prompts]
-    engine = HFGenerateEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.eval.batch_prompts)
-    return evaluate(engine, eval_data, RewardManager.from_config(cfg.reward), tokenizer,
-                    max_new_tokens=cfg.rollout.max_new_tokens, pass_k=cfg.eval.pass_k,
-                    temperature=cfg.eval.temperature, top_p=cfg.rollout.top_p, seed=cfg.seed)
+    engine = HFGenerateEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id, cfg.eval.batch_prompts,
+                              tokenizer=tokenizer)
+    return evaluate(engine, eval_data, RewardManager.from_config(cfg.reward), tokenizer, seed=cfg.seed,
+                    **eval_sampling_kwargs(cfg, tokenizer))

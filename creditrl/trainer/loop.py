@@ -41,6 +41,7 @@ from creditrl.config import RecipeConfig, dump_yaml
 from creditrl.data import PromptSampler, load_prompt_datasets
 from creditrl.rewards import RewardManager, RewardSample
 from creditrl.rollout.base import RolloutOutput, SamplingParams
+from creditrl.rollout.stopping import stop_kwargs
 from creditrl.trainer import checkpoint as ckpt
 from creditrl.learner.batch import RolloutBatch
 from creditrl.learner.health import TrainingStopped, stopped_at
@@ -135,7 +136,8 @@ def rollout_seed(seed: int, step: int, round_: int) -> int:
 def generate_and_score(cfg: RecipeConfig, step: int, engine, sampler: PromptSampler, train_data, tokenizer,
                        rewards: RewardManager, timing: dict) -> tuple[RolloutBatch, dict[str, float]]:
     rc = cfg.rollout
-    params = SamplingParams(rc.n_samples, rc.temperature, rc.top_p, rc.max_new_tokens)
+    params = SamplingParams(rc.n_samples, rc.temperature, rc.top_p, rc.max_new_tokens, top_k=rc.top_k, min_p=rc.min_p,
+                            **stop_kwargs(cfg, tokenizer))
     want = cfg.train.global_batch_prompts
     rounds = cfg.train.dynamic_sampling_max_rounds if cfg.train.dynamic_sampling else 1
     kept_outs, kept_scores, kept_prompts = [], [], []  # kept_scores: per round, _row_rewards of the kept rows
