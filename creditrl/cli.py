@@ -51,7 +51,7 @@ def _user_errors():
     from creditrl.rewards.base import RewardConfigError
 
     return (ConfigError, DataError, ModelLoadError, RewardConfigError, TrainingStopped, FileNotFoundError,
-            IsADirectoryError, NotADirectoryError, PermissionError)
+            FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 def _error(message: str) -> None:
@@ -186,6 +186,25 @@ def config_validate(
 
 
 LIST_TARGETS_HELP = "What to list: parts (algorithm parts), rewards, recipes, keys (every recipe key) or all"
+
+
+@app.command()
+def export(
+    target: str = typer.Argument(..., help="A checkpoint directory (.../checkpoints/step_N) or a run directory "
+                                 "(its latest checkpoint)"),
+    out: Path = typer.Option(..., "--out", help="Directory for the exported model and tokenizer"),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists and is not empty"),
+):
+    """Write a checkpoint's policy as a plain Hugging Face model (LoRA merged into its base) + tokenizer."""
+
+    def go():
+        _quiet_libraries()
+        from creditrl.trainer.export import export_checkpoint
+
+        path = export_checkpoint(target, out, force)
+        Console(highlight=False).print(f"exported {target} to {path}", markup=False)
+
+    _run(go)
 
 
 @app.command(name="list")

@@ -71,7 +71,8 @@ def load_causal_lm(path: str, dtype: str = "float32"):
     p = check_model_dir(path)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     try:
-        return AutoModelForCausalLM.from_pretrained(str(p), dtype=torch_dtype)
+        # the resolved path: LoRA checkpoints record it as their base (adapter_config.json), usable from anywhere
+        return AutoModelForCausalLM.from_pretrained(str(p.resolve()), dtype=torch_dtype)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, EnvironmentError) as e:
         # a user-supplied directory: invalid config.json, unknown model_type, truncated or mismatched weights
         raise ModelLoadError(f"the model in {p} can not be loaded: {type(e).__name__}: {_short(e)}. Fix: check "
