@@ -563,7 +563,8 @@ class _Channel:
             raise ProtocolError("the program sent malformed data")
         return msg
 
-    def ask(self, req: dict):
+    def send(self, req: dict) -> None:
+        """Write one request line to P (ProgramDied if P is gone)."""
         if self.dead:
             raise ProgramDied(self.dead)
         data = (json.dumps(req) + "\n").encode()
@@ -573,6 +574,9 @@ class _Channel:
         except OSError:
             self.dead = "the program's process ended"
             raise ProgramDied(self.dead) from None
+
+    def ask(self, req: dict):
+        self.send(req)
         msg = self.read()
         if "error" in msg:
             err = msg["error"]
@@ -737,15 +741,7 @@ def _bind_from_program(ch: _Channel, names: list[str], scope: dict) -> None:
 
 
 def _ask_names(ch: _Channel, names: list[str]) -> dict:
-    if ch.dead:
-        raise ProgramDied(ch.dead)
-    data = (json.dumps({"op": "names", "names": names}) + "\n").encode()
-    try:
-        while data:
-            data = data[os.write(ch.wfd, data):]
-    except OSError:
-        ch.dead = "the program's process ended"
-        raise ProgramDied(ch.dead) from None
+    ch.send({"op": "names", "names": names})
     msg = ch.read()
     if type(msg.get("names")) is not dict:
         raise ProtocolError("the program sent malformed data")

@@ -69,6 +69,18 @@ def _learner(tiny_task, *overrides):
     return learner, algo, batch, mask
 
 
+def test_non_finite_loss_skips_the_step(tiny_task):
+    learner, algo, batch, mask = _learner(tiny_task)
+    batch.advantages = torch.tensor([[float("nan")] * 3, [1.0] * 3]) * mask
+    before = [p.detach().clone() for p in learner.params]
+    metrics = learner.update(batch, algo)
+    assert metrics["actor/skipped_steps_total"] == 1.0
+    assert all(torch.equal(a, p.detach()) for a, p in zip(before, learner.params))
+    batch.advantages = torch.tensor([[1.0] * 3, [-1.0] * 3]) * mask
+    learner.update(batch, algo)
+    assert any(not torch.equal(a, p.detach()) for a, p in zip(before, learner.params))
+
+
 def test_local_learner_stops_on_exploded_parameters(tiny_task):
     learner, algo, batch, mask = _learner(tiny_task, "train.lr=1e30")
     batch.advantages = torch.tensor([[1.0] * 3, [-1.0] * 3]) * mask
