@@ -12,6 +12,7 @@ from creditrl.models.tiny import build_tiny_model
 from creditrl.rollout.base import SamplingParams
 from creditrl.rollout.hf_engine import HFGenerateEngine
 from creditrl.rollout.stopping import end_token_ids, first_stop, model_end_token_ids
+from tests.rollout.sampling_checks import check_top_k_min_p
 
 
 @pytest.fixture(scope="module")
@@ -76,25 +77,7 @@ def test_stop_string_ends_the_response_and_stays_in_it(tiny):
 def test_top_k_1_and_min_p_1_are_greedy_and_logprobs_are_of_the_truncated_distribution(tiny):
     path, model, tok = tiny
     engine = HFGenerateEngine(model, tok.pad_token_id, tok.eos_token_id)
-    prompts = _prompts(tok)
-    greedy = engine.generate(prompts, SamplingParams(1, 0.0, 1.0, 6))
-    for kw in (dict(top_k=1), dict(min_p=1.0)):
-        out = engine.generate(prompts, SamplingParams(2, 1.0, 1.0, 6, seed=3, **kw))
-        assert out.response_ids == [r for r in greedy.response_ids for _ in range(2)], kw
-        assert all(abs(v) < 1e-5 for lp in out.logprobs for v in lp), kw  # one token left: probability 1
-    # top_k=5 at T=0.7: the log-prob is of the renormalised top-5 of logits / T
-    out = engine.generate(prompts, SamplingParams(2, 0.7, 1.0, 5, seed=1, top_k=5))
-    for k in range(len(out)):
-        ids = torch.tensor([out.prompt_ids[k] + out.response_ids[k]])
-        with torch.no_grad():
-            logits = model(ids).logits[0].double() / 0.7
-        p = len(out.prompt_ids[k])
-        for t, tok_id in enumerate(out.response_ids[k]):
-            row = logits[p - 1 + t]
-            top = row.topk(5)
-            assert tok_id in top.indices.tolist()
-            expect = torch.log_softmax(top.values, -1)[top.indices.tolist().index(tok_id)].item()
-            assert out.logprobs[k][t] == pytest.approx(expect, abs=1e-4)
+    check_top_k_min_p(engine, model, _prompts(tok), greedy_tol=1e-5, top_k_tol=1e-4)
 
 
 def test_sampling_params_validation():

@@ -10,6 +10,7 @@ import torch
 from creditrl.config import load_config
 from creditrl.rollout.base import SamplingParams
 from creditrl.rollout.vllm_engine import vllm_available
+from tests.rollout.sampling_checks import check_top_k_min_p
 
 pytestmark = pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed (`make install`)")
 EOS = 2  # the tiny tokenizer's </s>
@@ -63,20 +64,4 @@ def test_end_tokens_and_stop_strings_match_the_hf_engine(setup):
 
 def test_top_k_min_p_greedy_and_truncated_logprobs(setup):
     eng, _, model, tok = setup
-    prompts = _prompts(tok)
-    greedy = eng.generate(prompts, SamplingParams(1, 0.0, 1.0, 6))
-    for kw in (dict(top_k=1), dict(min_p=1.0)):
-        out = eng.generate(prompts, SamplingParams(2, 1.0, 1.0, 6, seed=3, **kw))
-        assert out.response_ids == [r for r in greedy.response_ids for _ in range(2)], kw
-        assert all(abs(v) < 1e-4 for lp in out.logprobs for v in lp), kw
-    out = eng.generate(prompts, SamplingParams(2, 0.7, 1.0, 5, seed=1, top_k=5))
-    for k in range(len(out)):
-        ids = torch.tensor([out.prompt_ids[k] + out.response_ids[k]])
-        with torch.no_grad():
-            logits = model(ids).logits[0].double() / 0.7
-        p = len(out.prompt_ids[k])
-        for t, tok_id in enumerate(out.response_ids[k]):
-            top = logits[p - 1 + t].topk(5)
-            assert tok_id in top.indices.tolist()
-            expect = torch.log_softmax(top.values, -1)[top.indices.tolist().index(tok_id)].item()
-            assert out.logprobs[k][t] == pytest.approx(expect, abs=1e-3)
+    check_top_k_min_p(eng, model, _prompts(tok), greedy_tol=1e-4, top_k_tol=1e-3)
