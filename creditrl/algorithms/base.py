@@ -46,6 +46,7 @@ class AdvantageInputs:
     # per-reward-function rewards, for grpo multi_objective: normalize_then_sum (None when the trainer has none):
     reward_components: Tensor | None = None  # [B, K] unweighted reward of each of the K functions of reward.fns
     reward_weights: Tensor | None = None  # [K] their weights (reward.fns[k].weight), in the same order
+    values: Tensor | None = None  # [B, T] the critic's values V_t of pi_old's states (GAE; None without a critic)
 
 
 @dataclass

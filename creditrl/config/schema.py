@@ -52,19 +52,29 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # training prompt files (.jsonl / .json / .parquet)
+    # training prompt sources: .jsonl / .json / .parquet / .csv files, or save_to_disk folders ("folder:split" picks
+    # a DatasetDict split; else train / test|validation); docs/data.md
     train_files: list[str] = field(default_factory=lambda: ["tiny/data/train.jsonl"])
     eval_files: list[str] = field(default_factory=lambda: ["tiny/data/eval.jsonl"])  # [] = split train
-    prompt_field: str = "prompt"  # the row field holding the prompt
-    answer_field: str = "answer"  # the row field holding the gold answer given to the rewards
-    template: str = "{prompt}"  # Python format string over the row's fields; "chat" = tokenizer chat template
+    # the row field holding the prompt: text, or a list of {role, content} messages (TRL conversational, verl);
+    # a dotted path reads a dict column (extra_info.question)
+    prompt_field: str = "prompt"
+    # the row field holding the gold answer given to the rewards; a dotted path reads a dict column (verl:
+    # reward_model.ground_truth)
+    answer_field: str = "answer"
+    # auto: the chat template for message-list prompts, "{prompt}" for text; chat: the chat template always
+    # (text = one user turn); else a Python format string over the row's fields (text prompts only)
+    template: str = "auto"
+    system_prompt: str | None = None  # system message prepended via the chat template; a row's own system turn wins
+    answer_format: Literal["auto", "raw", "gsm8k"] = "auto"  # gsm8k: after the last '####', no commas; auto: if '####'
     eval_fraction: float = 0.1  # held-out fraction of train_files when eval_files is empty
     max_prompt_tokens: int = 128  # longer prompts are dropped (counted in the log)
     shuffle: bool = True  # shuffle the prompts each epoch (seeded)
 
     def __post_init__(self):
         if not self.train_files:
-            raise ValueError("data.train_files is empty: give at least one .jsonl or .parquet file")
+            raise ValueError("data.train_files is empty: give at least one data file (.jsonl, .json, .parquet, .csv) "
+                             "or save_to_disk folder")
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
         for key in ("train_files", "eval_files"):
@@ -76,8 +86,18 @@ class DataConfig:
             if not getattr(self, key).strip():
                 raise ValueError(f"data.{key} is empty. Fix: the name of the column in the data files")
         _at_least("data", self, ("max_prompt_tokens",), 1)
+        if self.answer_format not in ("auto", "raw", "gsm8k"):
+            raise ValueError(f"data.answer_format={self.answer_format!r}: use auto, raw or gsm8k")
+        if self.system_prompt is not None and not self.system_prompt.strip():
+            raise ValueError("data.system_prompt is empty. Fix: give the text, or null for no system message")
+        if self.template in ("auto", "chat"):
+            return
+        if self.system_prompt is not None:
+            raise ValueError(f"data.system_prompt is set, but data.template={self.template!r} is a format string, "
+                             f"which has no system turn. Fix: put the text in the template (e.g. 'Be brief. "
+                             f"{{prompt}}'), or use data.template: auto / chat (the tokenizer's chat template).")
         names = template_fields(self.template, "data.template")
-        if self.template != "chat" and "prompt" not in names and self.prompt_field not in names:
+        if "prompt" not in names and self.prompt_field not in names:
             raise ValueError(f"data.template={self.template!r} does not use the prompt: every prompt would be the "
                              f"same text. Fix: include {{prompt}}, e.g. 'Question: {{prompt}}\\nAnswer:'")
 
@@ -299,9 +319,32 @@ class CheckpointConfig:
 
 @dataclass
 class LoggingConfig:
-    tensorboard: bool = False  # also write TensorBoard event files to the run directory
+    """Console, metrics.jsonl (always written), experiment trackers and the samples table (docs/tracking.md)."""
+
+    tensorboard: bool = False  # deprecated: same as adding "tensorboard" to report_to
     progress: bool = True  # rich progress bar and one line per step
     level: Literal["DEBUG", "INFO", "WARNING"] = "INFO"  # log level
+    report_to: list[str] = field(default_factory=list)  # trackers (accelerate): tensorboard, wandb, mlflow, ...
+    project: str = "creditrl"  # tracker project / experiment name
+    run_name: str | None = None  # tracker run name; null: the run directory's name
+    samples_every: int = 10  # every N steps: first rollout rows to samples.jsonl (+ a W&B table); 0: off
+    samples_per_step: int = 8  # rollout rows per samples record
+
+    def __post_init__(self):
+        if self.report_to:
+            from accelerate.utils import LoggerType  # the trackers accelerate supports (installed: preflight)
+
+            known = [t.value for t in LoggerType if t.value != "all"]
+            for name in self.report_to:
+                if name not in known:
+                    raise ValueError(f"logging.report_to: unknown tracker {name!r}. Fix: use any of "
+                                     f"{', '.join(known)} (accelerate's trackers), e.g. "
+                                     f"logging.report_to=[tensorboard,wandb]")
+            if len(set(self.report_to)) != len(self.report_to):
+                raise ValueError(f"logging.report_to lists a tracker twice: {self.report_to}. Fix: name each once")
+        if self.samples_every < 0 or self.samples_per_step < 1:
+            raise ValueError(f"logging.samples_every must be >= 0 (0: off) and logging.samples_per_step >= 1, got "
+                             f"{self.samples_every} and {self.samples_per_step}")
 
 
 @dataclass
@@ -415,6 +458,31 @@ class PreferenceConfig:
 
 
 @dataclass
+class CriticConfig:
+    """The learned value model of PPO with GAE (`algorithm.advantage: gae`; creditrl/learner/critic.py,
+    docs/algorithms.md "PPO with a learned critic"). The critic is the policy's transformer trunk plus a fresh scalar
+    head per token (AutoModelForTokenClassification, num_labels 1); it shares `train.ppo_epochs`,
+    `train.mini_batch_prompts`, `train.micro_batch_tokens_per_worker` and the AdamW betas / eps with the policy."""
+
+    path: str | None = None  # value model directory; null = model.path's trunk with a fresh value head
+    lr: float = 1e-5  # critic AdamW learning rate, constant (verl critic.optim.lr; tiny_ppo: 1e-3, measured)
+    warmup_steps: int = 0  # first steps that train only the critic (the policy update is skipped)
+    cliprange_value: float | None = 0.5  # value clipping epsilon around the old values (verl); null = no clipping
+    max_grad_norm: float = 1.0  # critic gradient clipping by global norm
+    weight_decay: float = 0.0  # critic AdamW decoupled weight decay
+
+    def __post_init__(self):
+        if self.path is not None and not self.path.strip():
+            raise ValueError("critic.path is empty. Fix: a value model directory, or null to start from model.path")
+        _positive("critic", self, ("lr", "max_grad_norm"))
+        _at_least("critic", self, ("warmup_steps",), 0)
+        if self.cliprange_value is not None:
+            _positive("critic", self, ("cliprange_value",))
+        if self.weight_decay < 0:
+            raise ValueError(f"critic.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
 class RecipeConfig:
     name: str = "run"  # run name (output_dir may use {name})
     seed: int = 0  # seed of data order, sampling, and initialisation, in [0, 2^32)
@@ -431,6 +499,7 @@ class RecipeConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)  # metrics, logs and progress
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     preference: PreferenceConfig | None = None  # set: `creditrl train` runs preference training
+    critic: CriticConfig | None = None  # set: a learned value model for PPO (algorithm.advantage: gae)
 
     def __post_init__(self):
         if not 0 <= self.seed < 2**32:
@@ -445,6 +514,7 @@ class RecipeConfig:
         if self.model.lora.enabled and self.resources.weight_sync == "cuda_ipc":
             raise ValueError("resources.weight_sync=cuda_ipc sends full weights; with model.lora.enabled the "
                              "adapters are synced alone: use resources.weight_sync=auto (object_store) or broadcast")
+        check_critic(self)
 
     @property
     def run_dir(self) -> str:
@@ -453,6 +523,41 @@ class RecipeConfig:
     @property
     def mini_batch_prompts_resolved(self) -> int:
         return self.train.mini_batch_prompts or self.train.global_batch_prompts
+
+
+# token weights that read the group structure of sequence-level advantages (mixed groups of positive and negative
+# responses): with per-token GAE advantages a response has no single sign, so they do not apply
+GAE_INCOMPATIBLE_TOKEN_WEIGHTS = ("nthr", "thr")
+
+
+def check_critic(cfg: "RecipeConfig") -> None:
+    """`critic:` and `algorithm.advantage: gae` go together; what does not compose with them is refused here."""
+    gae = cfg.algorithm.advantage.name == "gae"
+    if gae and cfg.critic is None:
+        raise ValueError("algorithm.advantage gae needs a learned critic (its values V_t), but the recipe has no "
+                         "`critic:` section. Fix: add `critic: {}` (the policy's trunk with a fresh value head; "
+                         "see creditrl/recipes/tiny_ppo.yaml), or pick a critic-free advantage such as grpo")
+    if cfg.critic is None:
+        return
+    if not gae:
+        raise ValueError(f"the recipe has a `critic:` section but algorithm.advantage is "
+                         f"'{cfg.algorithm.advantage.name}', which does not use values. Fix: "
+                         f"algorithm.advantage: gae, or remove the critic section")
+    if cfg.preference is not None:
+        raise ValueError("a `critic:` section is for RL (PPO with GAE); preference training has none. Fix: remove "
+                         "the critic section")
+    if cfg.resources.backend == "ray":
+        raise ValueError("a learned critic (`critic:`, algorithm.advantage gae) is not yet supported with "
+                         "resources.backend: ray (no DeepSpeed critic worker group yet). Fix: "
+                         "resources.backend: local, or a critic-free advantage (grpo, rloo, reinforce_pp) on Ray")
+    if cfg.model.lora.enabled:
+        raise ValueError("a learned critic with model.lora.enabled is not supported (the critic trains all its "
+                         "weights). Fix: model.lora.enabled: false, or a critic-free advantage")
+    for w in cfg.algorithm.token_weights:
+        if w.name in GAE_INCOMPATIBLE_TOKEN_WEIGHTS:
+            raise ValueError(f"algorithm.token_weights {w.name} classifies responses by the sign of their "
+                             f"sequence-level advantage within a group; GAE advantages are per token, so it does "
+                             f"not apply. Fix: remove {w.name}, or use a group advantage (grpo)")
 
 
 def _at_least(section: str, obj, names: tuple[str, ...], lo: int) -> None:

@@ -63,3 +63,47 @@ def write_arithmetic_task(out_dir: str | Path, spec: ArithmeticSpec = Arithmetic
             for r in rows:
                 f.write(json.dumps(r) + "\n")
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The same task as chat data, in the two formats users bring: verl parquet and TRL conversational jsonl
+# ---------------------------------------------------------------------------------------------------------
+CHAT_INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
+
+
+def chat_problem(rng: random.Random, spec: ArithmeticSpec) -> tuple[str, int, str]:
+    """(question, answer, GSM8K-style solution ending in `#### N`) of one addition word problem."""
+    a, b = rng.randint(0, spec.max_a), rng.randint(0, spec.max_b)
+    question = f"Tom has {a} apples and gets {b} more. How many apples does he have?"
+    return question, a + b, f"{a} + {b} = {a + b}.\n#### {a + b}"
+
+
+def verl_row(question: str, answer: int, solution: str, split: str, index: int) -> dict:
+    """A row as verl's examples/data_preprocess/gsm8k.py writes it: `prompt` is a message list and the gold
+    answer sits in `reward_model.ground_truth`."""
+    return {"data_source": "synthetic/apples", "prompt": [{"role": "user", "content": f"{question} {CHAT_INSTRUCTION}"}],
+            "ability": "math", "reward_model": {"style": "rule", "ground_truth": str(answer)},
+            "extra_info": {"split": split, "index": index, "answer": solution, "question": question}}
+
+
+def trl_row(question: str, answer: int) -> dict:
+    """A row of a TRL conversational prompt-only dataset, with the answer in a `solution` column."""
+    return {"prompt": [{"role": "user", "content": question}], "solution": str(answer)}
+
+
+def write_chat_tasks(out_dir: str | Path, n_train: int = 64, n_eval: int = 16, seed: int = 0) -> Path:
+    """Write verl_train.parquet / verl_eval.parquet and trl_train.jsonl / trl_eval.jsonl into `out_dir`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng, spec = random.Random(seed), ArithmeticSpec()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("eval", n_eval)):
+        problems = [chat_problem(rng, spec) for _ in range(n)]
+        pq.write_table(pa.Table.from_pylist([verl_row(q, a, s, split, i) for i, (q, a, s) in enumerate(problems)]),
+                       out / f"verl_{split}.parquet")
+        with open(out / f"trl_{split}.jsonl", "w") as f:
+            for q, a, _ in problems:
+                f.write(json.dumps(trl_row(q, a)) + "\n")
+    return out

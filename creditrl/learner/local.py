@@ -181,9 +181,11 @@ class LocalLearner:
 
 def count_optimizer_steps(cfg: RecipeConfig) -> int:
     """Optimizer steps of the whole run (the learning-rate schedule's length): one per step for preference
-    training, ppo_epochs x mini-batches per step for RL."""
+    training, ppo_epochs x mini-batches per step for RL (not counting the critic's warm-up steps, which skip the
+    policy update)."""
     if cfg.preference is not None:
         return cfg.train.steps
     per_step = cfg.train.global_batch_prompts // cfg.mini_batch_prompts_resolved
-    return cfg.train.steps * cfg.train.ppo_epochs * per_step
+    critic_warmup = cfg.critic.warmup_steps if getattr(cfg, "critic", None) is not None else 0
+    return max(cfg.train.steps - critic_warmup, 1) * cfg.train.ppo_epochs * per_step
 

@@ -134,3 +134,30 @@ def build_optimizer(params: list[torch.nn.Parameter], tc: TrainConfig, total_opt
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_optimizer_steps, tc.warmup_steps, tc.lr_schedule, tc.min_lr_ratio))
     return optimizer, scheduler
+
+
+def build_value_model(path: str, dtype: str = "float32", gradient_checkpointing: bool = False):
+    """The critic of PPO with GAE: the transformer trunk of `path` + a scalar linear head per token.
+
+    `AutoModelForTokenClassification` with num_labels 1: from a causal-LM directory (Llama, Qwen2, ... all have a
+    `*ForTokenClassification`) it loads the trunk and initialises a fresh `score` head (N(0, initializer_range),
+    bias 0); from a saved critic it loads the head too. The same class is what verl's critic loads, and its
+    `save_pretrained` directory is a loadable `critic.path`. Classifier dropout is set to 0 (the default would be
+    0.1 for Llama), so the value forward is deterministic like the policy's.
+    """
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    p = check_model_dir(path)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    try:
+        config = AutoConfig.from_pretrained(str(p.resolve()), num_labels=1)
+        config.classifier_dropout = 0.0
+        model = AutoModelForTokenClassification.from_pretrained(str(p.resolve()), config=config, dtype=torch_dtype)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EnvironmentError) as e:
+        raise ModelLoadError(f"the critic can not be built from {p}: {type(e).__name__}: {_short(e)}. Fix: "
+                             f"critic.path (or model.path) must be a causal-LM or token-classification model "
+                             f"directory of an architecture with a *ForTokenClassification class.") from None
+    model.config.use_cache = False
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model.train()

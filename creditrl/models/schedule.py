@@ -1,4 +1,17 @@
-"""Learning-rate schedule: linear warm-up, then constant, linear or cosine decay to `min_lr_ratio * lr`."""
+"""Learning-rate schedule: linear warm-up, then constant, linear or cosine decay to `min_lr_ratio * lr`.
+
+Why not transformers' schedulers (`get_constant_schedule_with_warmup`, `get_polynomial_decay_schedule_with_warmup`
+with power 1, `get_cosine_with_min_lr_schedule_with_warmup`)? After the warm-up they give the same factors as
+`lr_factor` (tests/trainer/test_schedule.py checks this step by step), but their warm-up factor at optimizer step
+`s < warmup` is `s / warmup`, ours is `(s + 1) / warmup`: theirs is 0 at step 0, so the first optimizer step of
+every run with a warm-up would update nothing (an RL step's rollouts spent for no change of the weights, while
+AdamW's moments still take its gradient), every factor of the warm-up would move one step later, and a run resumed
+from a checkpoint taken before this change would continue on a different schedule than it started. Two smaller
+differences: their cosine rises again past `total` (ours stays at the minimum), and their linear decay divides by
+zero when `total == warmup`. So the schedule stays hand-written (a LambdaLR over `lr_factor`, in
+creditrl/models/build.py: the local learner and the DeepSpeed learners; creditrl/trainer/sft.py for the warm start;
+checkpoints hold only LambdaLR's step count, not the function).
+"""
 
 from __future__ import annotations
 

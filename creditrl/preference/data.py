@@ -37,9 +37,12 @@ def encode_response(text: str, tokenizer, suffix: str = "") -> tuple[int, ...]:
 
 def load_pairs(files: list[str], tokenizer, *, prompt_field: str = "prompt", chosen_field: str = "chosen",
                rejected_field: str = "rejected", answer_field: str | None = None, template: str = "{prompt}",
-               max_prompt_tokens: int = 128, response_suffix: str = "") -> list[PreferencePair]:
-    """Pairs from local jsonl/parquet files with configurable field names (errors name the file and field)."""
-    rows = load_rows(files, prompt_field, chosen_field, template, tokenizer, max_prompt_tokens)
+               max_prompt_tokens: int = 128, response_suffix: str = "",
+               system_prompt: str | None = None) -> list[PreferencePair]:
+    """Pairs from local data sources (creditrl/data/sources.py) with configurable field names (errors name the
+    file and field); prompts are rendered as the RL prompts are (`data.template`, `data.system_prompt`)."""
+    rows = load_rows(files, prompt_field, chosen_field, template, tokenizer, max_prompt_tokens,
+                     system_prompt=system_prompt, answer_format="raw")
     pairs = []
     for r in rows:
         if rejected_field not in r.fields:

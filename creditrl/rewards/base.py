@@ -39,8 +39,10 @@ class RewardSample:
     response: str  # decoded response text (special tokens stripped)
     answer: str  # ground truth from the dataset's answer field
     truncated: bool = False  # the response hit max_new_tokens without EOS
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # every column of the dataset row (nested values as-is)
     response_tokens: int | None = None  # valid response length |y| in tokens (length shaping needs it)
+    messages: list[dict[str, str]] | None = None  # the prompt as a conversation (chat data), before templating
+    response_ids: list[int] | None = None  # the response's token ids (TRL's `completion_ids`)
 
 
 @dataclass

@@ -5,8 +5,9 @@
     for s in manager.stream(samples): ...                # ScoredSample, as samples finish
 
 The score of sample i is `R_i = Σ_k w_k · r_k(sample_i)` over `reward.fns`. Per-sample functions run in the
-executor (serial, process pool or Ray actors; see executor.py). Batched functions (a reward model) run once per
-batch in this process before the per-sample stream starts. A failure (exception, timeout, dead worker, NaN / Inf
+executor (serial, process pool or Ray actors; see executor.py). Batched functions (a reward model, a TRL-style
+`f(prompts, completions, **columns)`) run once per batch in this process before the per-sample stream starts,
+with `timeout_s` x the batch size as their limit. A failure (exception, timeout, dead worker, NaN / Inf
 score) scores 0 for that function, is logged with the sample id and counted in `reward/failures` and
 `reward/failures/<name>`; non-finite scores also in `reward/nonfinite/<name>`.
 """
@@ -18,6 +19,7 @@ from typing import Iterator
 
 from creditrl.rewards.base import (
     RewardBatch,
+    RewardConfigError,
     RewardResult,
     NONFINITE_REASON,
     RewardSample,
@@ -28,6 +30,7 @@ from creditrl.rewards.base import (
 )
 from creditrl.rewards.config import RewardConfig
 from creditrl.rewards.executor import ExecutorKind, RewardExecutor, make_executor
+from creditrl.rewards.timeouts import RewardTimeout, deadline
 
 
 @dataclass
@@ -40,13 +43,21 @@ class ScoredSample:
     nonfinite: list[str] = field(default_factory=list)  # those of them that returned a NaN / Inf score
 
 
-def _batched_results(r: WeightedReward, samples: list[RewardSample]) -> list[RewardResult]:
-    """A batched reward on the whole batch; if it raises, every sample fails for this function."""
+def _batched_results(r: WeightedReward, samples: list[RewardSample], timeout_s: float | None) -> list[RewardResult]:
+    """A batched reward on the whole batch, within `timeout_s` per sample; if it raises or runs out of time,
+    every sample fails for this function. A `RewardConfigError` (the function can not be called with this data,
+    e.g. a parameter no dataset column fills) is raised: every step would fail alike."""
+    limit = None if timeout_s is None else timeout_s * max(len(samples), 1)
     try:
-        values = r.fn.score_batch(samples)
+        with deadline(limit):
+            values = r.fn.score_batch(samples)
         if len(values) != len(samples):
             raise ValueError(f"score_batch returned {len(values)} scores for {len(samples)} samples")
         return [checked(r.name, s.sample_id, v) for s, v in zip(samples, values)]
+    except RewardConfigError:
+        raise
+    except RewardTimeout:
+        return [failure(r.name, s.sample_id, f"timeout after {limit:.3g}s (the batch)") for s in samples]
     except Exception as e:  # noqa: BLE001 - a reward must never crash the run
         return [failure(r.name, s.sample_id, f"error: {type(e).__name__}: {e}") for s in samples]
 
@@ -59,6 +70,7 @@ class RewardManager:
         if not rewards:
             raise ValueError("reward.fns is empty: name at least one reward function")
         self.rewards = rewards
+        self.timeout_s = timeout_s
         self.batched = [r for r in rewards if r.batched]
         self.per_sample = [r for r in rewards if not r.batched]
         self.executor: RewardExecutor | None = (
@@ -75,7 +87,7 @@ class RewardManager:
 
     def stream(self, samples: list[RewardSample]) -> Iterator[ScoredSample]:
         """Scores as samples finish (completion order, not input order)."""
-        batched = {r.name: _batched_results(r, samples) for r in self.batched}
+        batched = {r.name: _batched_results(r, samples, self.timeout_s) for r in self.batched}
         if self.executor is None:
             per_sample_iter = ((i, []) for i in range(len(samples)))
         else:

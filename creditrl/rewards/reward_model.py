@@ -1,6 +1,7 @@
 """Reward model: a Hugging Face sequence-classification model from a local directory scores each response.
 
-    text  = template.format(prompt=..., response=..., answer=...)   (or the tokenizer's chat template)
+    text  = template.format(prompt=..., response=..., answer=...)
+          = the reward model's chat template over the prompt conversation + the response (use_chat_template)
     score = logits[label]            transform: none
           = sigmoid(logits[label])   transform: sigmoid
 
@@ -30,7 +31,7 @@ class RewardModelConfig:
     batch_size: int = 16  # texts tokenized and scored per forward pass, >= 1
     max_length: int = 1024  # tokens; longer texts lose their beginning
     template: str = "{prompt}{response}"  # Python format string over prompt, response, answer
-    use_chat_template: bool = False  # [user: prompt, assistant: response] through the tokenizer's template
+    use_chat_template: bool = False  # prompt messages (chat data) or [user: prompt], then the response, templated once
     label: int = 0  # which logit is the reward (0 for a num_labels=1 reward model)
     transform: Literal["none", "sigmoid"] = "none"  # score = the logit, or sigmoid(logit) in (0, 1)
 
@@ -75,8 +76,12 @@ class RewardModel:
         log.info("reward model %s on %s (%s)", cfg.path, self.device, cfg.dtype)
 
     def text(self, sample: RewardSample) -> str:
+        """The text scored. With `use_chat_template` the conversation is templated once, by the reward model's
+        tokenizer: the prompt's messages (chat data: system turn included, before the policy's template was
+        applied) or one user turn of the prompt text, then the response as the assistant turn."""
         if self.cfg.use_chat_template:
-            messages = [{"role": "user", "content": sample.prompt}, {"role": "assistant", "content": sample.response}]
+            prompt = sample.messages if sample.messages is not None else [{"role": "user", "content": sample.prompt}]
+            messages = [*prompt, {"role": "assistant", "content": sample.response}]
             return self.tokenizer.apply_chat_template(messages, tokenize=False)
         return self.cfg.template.format(prompt=sample.prompt, response=sample.response, answer=sample.answer)
 

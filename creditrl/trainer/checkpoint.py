@@ -7,6 +7,8 @@ Layout under `<run_dir>/checkpoints/`:
     step_000020/model/              save_pretrained weights (or the LoRA adapter) + tokenizer
     step_000020/learner_state.pt    LocalLearner: optimizer, scheduler, skipped-step counter
     step_000020/deepspeed/          LearnerGroup (Ray): DeepSpeed's sharded model/optimizer/scheduler state
+    step_000020/critic/             with a `critic:` section (PPO/GAE): the value model (model/) and its
+                                    optimizer, scheduler and warm-up counter (critic_state.pt)
     step_000020/trainer_state.pt    step, RNG states (python, numpy, torch), data sampler, algorithm state,
                                     the evaluation before training
     step_000020/config.yaml         the resolved config
@@ -46,7 +48,7 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def save_checkpoint(run_dir: Path, step: int, learner, tokenizer, trainer_state: dict, config_yaml: str,
-                    keep: int) -> Path:
+                    keep: int, critic=None) -> Path:
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
@@ -54,6 +56,8 @@ def save_checkpoint(run_dir: Path, step: int, learner, tokenizer, trainer_state:
     if tmp.exists():
         shutil.rmtree(tmp)
     learner.save(tmp)
+    if critic is not None:
+        critic.save(tmp / "critic")
     tokenizer.save_pretrained(tmp / "model")
     torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
     (tmp / "config.yaml").write_text(config_yaml)
@@ -104,12 +108,14 @@ def load_trainer_state(path: Path) -> dict:
     return torch.load(path / "trainer_state.pt", weights_only=False)
 
 
-def restore(resume_from: Path, learner) -> dict:
+def restore(resume_from: Path, learner, critic=None) -> dict:
     """Load a checkpoint into the learner and the RNGs; returns its trainer state: `step`, `eval_before` (the
     evaluation made before training) and what the run kind saved (data sampler, algorithm state), which the
     caller loads. The caller must then make the rollout engines use the loaded weights before generating.
     """
     learner.load(resume_from)
+    if critic is not None:
+        critic.load(resume_from / "critic")
     state = load_trainer_state(resume_from)
     set_rng_state(state["rng"])
     return state

@@ -8,13 +8,14 @@ Evaluation samples from its own forked RNG stream, so evaluating never changes t
 from __future__ import annotations
 
 from math import comb
+from typing import Callable
 
 import torch
 
 from creditrl.config import RecipeConfig
-from creditrl.data import PromptDataset
+from creditrl.data import PromptDataset, PromptRow
 from creditrl.rewards import RewardManager, RewardSample
-from creditrl.rollout.base import RolloutEngine, SamplingParams
+from creditrl.rollout.base import RolloutEngine, RolloutOutput, SamplingParams
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -24,15 +25,28 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
+def reward_samples(out: RolloutOutput, rows: list[PromptRow], tokenizer,
+                   sample_id: Callable[[int], str]) -> list[RewardSample]:
+    """The RewardSample of every generated row `j` of `out` (its prompt row `rows[out.prompt_index[j]]`): the
+    prompt text the model saw, the decoded response, the gold answer, every dataset column (`meta`), the prompt
+    conversation of chat data (`messages`) and the response's token ids."""
+    texts = tokenizer.batch_decode(out.response_ids, skip_special_tokens=True)
+    samples = []
+    for j, text in enumerate(texts):
+        row = rows[out.prompt_index[j]]
+        messages = getattr(row, "messages", None)
+        samples.append(RewardSample(
+            sample_id(j), row.prompt, text, row.answer, truncated=not out.finished[j], meta=dict(row.fields),
+            response_tokens=len(out.response_ids[j]), messages=None if messages is None else [dict(m) for m in messages],
+            response_ids=list(out.response_ids[j])))
+    return samples
+
+
 def _correct(engine: RolloutEngine, data: PromptDataset, rewards: RewardManager, params: SamplingParams,
              tokenizer, tag: str) -> list[list[bool]]:
     rows = [data[i] for i in range(len(data))]
     out = engine.generate([list(r.prompt_ids) for r in rows], params)
-    texts = tokenizer.batch_decode(out.response_ids, skip_special_tokens=True)
-    samples = [RewardSample(f"{tag}/p{out.prompt_index[j]}/s{j % params.n}", rows[out.prompt_index[j]].prompt,
-                            texts[j], rows[out.prompt_index[j]].answer, truncated=not out.finished[j],
-                            response_tokens=len(out.response_ids[j]))
-               for j in range(len(out))]
+    samples = reward_samples(out, rows, tokenizer, lambda j: f"{tag}/p{out.prompt_index[j]}/s{j % params.n}")
     primary = rewards.rewards[0].name  # the first reward function defines correctness
     scores = rewards.score(samples).components[primary]
     result: list[list[bool]] = [[] for _ in rows]

@@ -39,13 +39,13 @@ from creditrl.algorithms import Algorithm
 from creditrl.algorithms.dynamic_sampling import dynamic_sampling_keep_mask
 from creditrl.config import RecipeConfig, dump_yaml
 from creditrl.data import PromptSampler, load_prompt_datasets
-from creditrl.rewards import RewardManager, RewardSample
+from creditrl.rewards import RewardManager
 from creditrl.rollout.base import RolloutOutput, SamplingParams
 from creditrl.rollout.stopping import stop_kwargs
 from creditrl.trainer import checkpoint as ckpt
 from creditrl.learner.batch import RolloutBatch
 from creditrl.learner.health import TrainingStopped, stopped_at
-from creditrl.trainer.evaluate import evaluate_task
+from creditrl.trainer.evaluate import evaluate_task, reward_samples
 from creditrl.learner.local import count_optimizer_steps
 from creditrl.models.build import load_tokenizer
 from creditrl.trainer.metrics import MetricsWriter, summary_line
@@ -81,11 +81,7 @@ def load_run_data(cfg: RecipeConfig, tokenizer=None):
 
 
 def score_rollout(out: RolloutOutput, prompts: list, tokenizer, rewards: RewardManager, step: int):
-    texts = tokenizer.batch_decode(out.response_ids, skip_special_tokens=True)
-    samples = [RewardSample(f"step{step}/p{out.prompt_index[j]}/s{j}", prompts[out.prompt_index[j]].prompt, texts[j],
-                            prompts[out.prompt_index[j]].answer, truncated=not out.finished[j],
-                            response_tokens=len(out.response_ids[j]))
-               for j in range(len(out))]
+    samples = reward_samples(out, prompts, tokenizer, lambda j: f"step{step}/p{out.prompt_index[j]}/s{j}")
     return rewards.score(samples)
 
 
@@ -209,17 +205,38 @@ def perf_metrics(batch: RolloutBatch, timing: dict[str, float], step_time: float
     return out
 
 
-def learn(batch: RolloutBatch, learner, algorithm: Algorithm, timing: dict[str, float]) -> dict[str, float]:
+def learn(batch: RolloutBatch, learner, algorithm: Algorithm, timing: dict[str, float],
+          critic=None) -> dict[str, float]:
     """The learner stages of one step, timed under verl's keys: old (and reference) per-token stats, then
-    advantages (filled into `batch.advantages`), then the policy update. Same on both training paths."""
+    advantages (filled into `batch.advantages`), then the policy update. Same on both training paths.
+
+    With a critic (PPO with GAE, creditrl/learner/critic.py): its values V_old after the old pass ("values"), GAE
+    from them, then the critic update on GAE's returns ("update_critic") before the policy update, which is skipped
+    during the critic's warm-up steps (`critic.warmup_steps`; `critic/warmup` = 1 then)."""
     t0 = time.perf_counter()
     metrics = learner.compute_old_stats(batch, algorithm)
     timing["old_log_prob"] = time.perf_counter() - t0
+    if critic is not None:
+        t0 = time.perf_counter()
+        metrics.update(critic.compute_values(batch))
+        timing["values"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     batch.advantages, adv_metrics = algorithm.advantages(_adv_inputs(batch), batch.stats.get("ref_logprobs"))
     metrics.update(adv_metrics)
     timing["adv"] = time.perf_counter() - t0
+
+    if critic is not None:
+        returns = getattr(algorithm.advantage, "returns", None)
+        if returns is None:
+            raise ValueError("the critic needs returns from the advantage estimator (algorithm.advantage: gae)")
+        batch.stats["returns"] = returns
+        t0 = time.perf_counter()
+        metrics.update(critic.update(batch))
+        timing["update_critic"] = time.perf_counter() - t0
+        metrics["critic/warmup"] = float(critic.warming_up)
+        if critic.warming_up:
+            return metrics
 
     t0 = time.perf_counter()
     metrics.update(learner.update(batch, algorithm))
@@ -228,11 +245,11 @@ def learn(batch: RolloutBatch, learner, algorithm: Algorithm, timing: dict[str, 
 
 
 def save_step(run_dir: Path, step: int, learner, tokenizer, state: dict, config_yaml: str,
-              cfg: RecipeConfig) -> float:
-    """Checkpoint after `step` (learner state + `state`: the kind's data position / algorithm state and the
-    evaluation before training); returns the seconds taken."""
+              cfg: RecipeConfig, critic=None) -> float:
+    """Checkpoint after `step` (learner state, the critic's if any, + `state`: the kind's data position /
+    algorithm state and the evaluation before training); returns the seconds taken."""
     t0 = time.perf_counter()
-    ckpt.save_checkpoint(run_dir, step, learner, tokenizer, state, config_yaml, cfg.checkpoint.keep)
+    ckpt.save_checkpoint(run_dir, step, learner, tokenizer, state, config_yaml, cfg.checkpoint.keep, critic)
     return time.perf_counter() - t0
 
 
@@ -286,7 +303,7 @@ class RLSteps:
         batch, metrics = generate_and_score(self.cfg, step, runtime.engine, self.sampler, self.train_data,
                                             self.tokenizer, self.rewards, timing)
         runtime.before_learn()
-        metrics.update(learn(batch, runtime.learner, self.algorithm, timing))
+        metrics.update(learn(batch, runtime.learner, self.algorithm, timing, getattr(runtime, "critic", None)))
         self._batch = batch
         return metrics
 
@@ -308,6 +325,12 @@ class RLSteps:
 
     def summary_line(self, step: int, total: int, metrics: dict[str, float]) -> str:
         return summary_line(step, total, metrics)
+
+    def sample_rows(self, k: int) -> list[dict]:
+        """The first `k` rows of the last step's batch for the samples table (creditrl/trainer/samples.py)."""
+        from creditrl.trainer.samples import sample_rows
+
+        return sample_rows(self._batch, self.tokenizer, [r.name for r in self.rewards.rewards], k)
 
     def eval_line(self, after: bool, metrics: dict[str, float]) -> str:
         return _eval_line("after RL " if after else "before RL", metrics)
@@ -377,12 +400,12 @@ def _run(cfg: RecipeConfig, console, run_dir: Path, config_yaml: str, runtime: R
     eval_before: dict[str, float] = {}
     resume_from = ckpt.resolve_resume(cfg.checkpoint.resume, run_dir)
     if resume_from is not None:
-        state = ckpt.restore(resume_from, learner)
+        state = ckpt.restore(resume_from, learner, getattr(runtime, "critic", None))
         kind.load_state_dict(state)
         start_step, eval_before = state["step"], state.get("eval_before", {})
         console.print(f"[bold]resumed[/] from {resume_from} at step {start_step}")
     runtime.sync(start_step)  # the rollout engines start from the learner's weights (fresh, LoRA init or resumed)
-    writer = MetricsWriter(run_dir, cfg.logging.tensorboard, resume_step=start_step if resume_from else None)
+    writer = MetricsWriter.from_config(run_dir, cfg, resume_step=start_step if resume_from else None)
 
     if resume_from is None:
         eval_before = kind.evaluate(runtime, "eval/step0")
@@ -416,8 +439,10 @@ def _run(cfg: RecipeConfig, console, run_dir: Path, config_yaml: str, runtime: R
             if step == total or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
                 state = {**kind.state_dict(), "eval_before": eval_before}
                 metrics["timing_s/save_checkpoint"] = save_step(run_dir, step, learner, tokenizer, state,
-                                                                config_yaml, cfg)
+                                                                config_yaml, cfg, getattr(runtime, "critic", None))
             writer.write(step, metrics)
+            if cfg.logging.samples_every and step % cfg.logging.samples_every == 0 and hasattr(kind, "sample_rows"):
+                writer.write_samples(step, kind.sample_rows(cfg.logging.samples_per_step))
             history.append({"step": step, **metrics})
             progress.advance(kind.summary_line(step, total, metrics))
 
@@ -430,7 +455,7 @@ def _adv_inputs(batch: RolloutBatch):
     return AdvantageInputs(rewards=batch.rewards, group_ids=batch.group_ids, mask=batch.mask,
                            prompt_keys=batch.prompt_keys, old_logprobs=batch.stats.get("old_logprobs"),
                            old_entropy=batch.stats.get("old_entropy"), reward_components=batch.reward_components,
-                           reward_weights=batch.reward_weights)
+                           reward_weights=batch.reward_weights, values=batch.stats.get("old_values"))
 
 
 def _eval_line(label: str, m: dict[str, float]) -> str:

@@ -28,7 +28,8 @@ def load_pair_files(cfg: RecipeConfig, files: list[str], tokenizer) -> list[Pref
     pc = cfg.preference
     return load_pairs(files, tokenizer, prompt_field=pc.prompt_field, chosen_field=pc.chosen_field,
                       rejected_field=pc.rejected_field, template=cfg.data.template,
-                      max_prompt_tokens=cfg.data.max_prompt_tokens, response_suffix=pc.response_suffix)
+                      max_prompt_tokens=cfg.data.max_prompt_tokens, response_suffix=pc.response_suffix,
+                      system_prompt=cfg.data.system_prompt)
 
 
 def task_eval_prompts(cfg: RecipeConfig, tokenizer) -> PromptDataset:
@@ -37,7 +38,8 @@ def task_eval_prompts(cfg: RecipeConfig, tokenizer) -> PromptDataset:
     d = cfg.data
     if d.eval_files:
         data = PromptDataset(load_rows(d.eval_files, d.prompt_field, d.answer_field, d.template, tokenizer,
-                                       d.max_prompt_tokens))
+                                       d.max_prompt_tokens, system_prompt=d.system_prompt,
+                                       answer_format=d.answer_format, role="eval"))
     else:
         data = load_prompt_datasets(d, tokenizer, cfg.seed)[1]
     if cfg.eval.max_prompts:

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from creditrl.algorithms import Algorithm
 from creditrl.config import RecipeConfig
+from creditrl.learner.critic_local import LocalCritic
 from creditrl.learner.local import Learner, LocalLearner
 from creditrl.rollout.base import RolloutEngine
 from creditrl.rollout.factory import make_rollout_engine
@@ -72,6 +73,8 @@ class LocalRuntime:
                  eos_id: int):
         self.cfg = cfg
         self.learner = LocalLearner(cfg, algorithm, total_optimizer_steps, pad_id)
+        # PPO with GAE: the value model (creditrl/learner/critic_local.py); None without a `critic:` section
+        self.critic = LocalCritic(cfg, pad_id) if cfg.critic is not None else None
         self.shared = cfg.rollout.engine == "hf"
         self.engine = make_rollout_engine(cfg, pad_id, eos_id, seed=cfg.seed,
                                           shared_model=self.learner.policy if self.shared else None)

@@ -29,14 +29,23 @@ log = logging.getLogger(__name__)
 
 
 def sft_target(row, field_name: str | None) -> str:
+    """The imitated text: `row.answer` (data.answer_field after data.answer_format: for GSM8K data only the
+    final answer), or the row's `field_name` (a dotted path too; a list of messages, e.g. TRL's conversational
+    completion, gives the concatenated contents of its turns)."""
+    from creditrl.data import DataError
+    from creditrl.data.answers import answer_to_text
+    from creditrl.data.fields import MISSING, resolve
+
     if field_name is None:
         return row.answer
-    if field_name not in row.fields:
-        from creditrl.data import DataError
-
-        raise DataError(f"sft.answer_field '{field_name}' is not a field of the data rows (fields: "
-                        f"{', '.join(row.fields)}); set sft.answer_field to one of them or to null")
-    return str(row.fields[field_name])
+    value, problem = resolve(row.fields, field_name)
+    if value is MISSING or value is None:
+        raise DataError(f"sft.answer_field '{field_name}' is not a field of the data row {row.key} "
+                        f"({problem or 'null'}; fields: {', '.join(row.fields)}); set sft.answer_field to one of "
+                        f"them or to null")
+    if isinstance(value, (list, tuple)) and value and all(isinstance(m, dict) and "content" in m for m in value):
+        return "".join(str(m["content"]) for m in value)
+    return answer_to_text(value)
 
 
 def sft_batch(rows, tokenizer, suffix: str, field_name: str | None = None) -> RolloutBatch:

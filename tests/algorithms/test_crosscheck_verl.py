@@ -176,6 +176,27 @@ def test_advantages_equal_verl():
     torch.testing.assert_close(reinforce_pp_advantages(dense, holes, 0.9), v, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("gamma,lam", [(1.0, 1.0), (0.99, 0.95), (0.9, 0.0)])
+def test_gae_equals_verl(gamma, lam):
+    """creditrl gae vs verl `compute_gae_advantage_return` on random rewards / values, with interior holes (verl
+    skips them) and an empty response; compared on valid tokens (verl leaves values at padding)."""
+    from creditrl.algorithms.gae import gae_advantages_returns
+
+    gen = torch.Generator().manual_seed(11)
+    B, T = 8, 7
+    lens = torch.randint(1, T + 1, (B,), generator=gen)
+    lens[0] = 0
+    mask = (torch.arange(T)[None, :] < lens[:, None]).to(torch.float64)
+    mask[3, 1] = 0.0  # an observation token inside a response
+    rewards = torch.randn(B, T, generator=gen, dtype=torch.float64) * mask
+    values = torch.randn(B, T, generator=gen, dtype=torch.float64)
+    va, vr = core.compute_gae_advantage_return(rewards, values, mask, gamma, lam)
+    adv, ret = gae_advantages_returns(rewards, values, mask, gamma, lam)
+    # verl's masked_whiten divides by N + 1e-8 in its mean
+    torch.testing.assert_close(adv, va * mask, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(ret, vr * mask, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("level", ["token", "sequence"])
 def test_tis_and_icepop_weights_equal_verl(level):
     gen = torch.Generator().manual_seed(7)

@@ -28,6 +28,10 @@ RL_RECIPES = (
 )
 PREFERENCE_RECIPES = ("tiny_cdpo", "tiny_dpo", "tiny_tdpo1", "tiny_tdpo2")
 RAY_VARIANTS = ("tiny_grpo_ray", "tiny_grpo_ray_zero3")
+# recipes with a learned critic (PPO/GAE): local backend only until the DeepSpeed critic group exists (a `critic:`
+# section with resources.backend: ray is a config-time error), so they stay out of the local-vs-Ray matrix;
+# tests/trainer/test_ppo_critic.py covers them
+CRITIC_RECIPES = ("tiny_ppo",)
 
 # Backend overrides of the matrix (the recipe files say nothing about the backend but tiny_grpo_ray*). vLLM on CPU:
 # eager mode (engine start ~20 s instead of ~35 s) and a 256 MiB KV cache; one vLLM rollout actor on Ray (each

@@ -59,7 +59,7 @@ import torch
 from creditrl.algorithms import Algorithm
 from creditrl.config import load_config
 from creditrl.config.loader import RECIPES_DIR
-from tests.parity.conftest import PREFERENCE_RECIPES, RAY_VARIANTS, RL_RECIPES, sliced
+from tests.parity.conftest import CRITIC_RECIPES, PREFERENCE_RECIPES, RAY_VARIANTS, RL_RECIPES, sliced
 
 RTOL, ATOL = 1e-4, 1e-6
 UPDATE_RTOL = 1e-3
@@ -84,10 +84,11 @@ DEFAULT_MULTI_ROW = {"tiny_grpo", "tiny_lp_reg", "tiny_composed", "tiny_nthr", "
 
 
 def test_recipe_list_is_complete():
-    """RL_RECIPES is every tiny recipe but the preference ones and the Ray variants (a new recipe joins the matrix)."""
+    """RL_RECIPES is every tiny recipe but the preference ones, the Ray variants and the local-only critic recipes
+    (a new recipe joins the matrix)."""
     found = {p.stem for p in Path(RECIPES_DIR).glob("tiny_*.yaml")}
-    assert found - set(PREFERENCE_RECIPES) - set(RAY_VARIANTS) == set(RL_RECIPES)
-    assert len(RL_RECIPES) == 30
+    assert found - set(PREFERENCE_RECIPES) - set(RAY_VARIANTS) - set(CRITIC_RECIPES) == set(RL_RECIPES)
+    assert len(RL_RECIPES) == 30 and CRITIC_RECIPES == ("tiny_ppo",)
 
 
 def _micro_batch_scoped(recipe: str) -> list[str]:

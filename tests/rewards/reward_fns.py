@@ -59,3 +59,36 @@ def bad_name(text):
 
 
 NOT_CALLABLE = 3
+
+
+# TRL-style batch functions (tests/rewards/test_batch_rewards.py)
+CALLS: list[dict] = []
+
+
+def trl_accuracy(prompts, completions, solution, **kwargs):
+    """TRL's accuracy_reward shape: conversational completions, a `solution` column."""
+    CALLS.append(dict(prompts=prompts, completions=completions, solution=solution, **kwargs))
+    texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+    return [1.0 if t.strip() == s else 0.0 for t, s in zip(texts, solution)]
+
+
+def trl_declared_only(prompts, completions, solution):
+    CALLS.append(dict(prompts=prompts, completions=completions, solution=solution))
+    return [None if s is None else 0.5 for s in solution]
+
+
+def trl_needs_missing_column(prompts, completions, difficulty):
+    return [0.0] * len(prompts)
+
+
+def trl_wrong_length(prompts, completions, **kwargs):
+    return [1.0]
+
+
+def trl_with_option(prompts, completions, scale=1.0, **kwargs):
+    return [scale * len(c) for c in completions]
+
+
+def meta_solution(sample):
+    """A per-sample reward reading a dataset column from `sample.meta`."""
+    return 1.0 if sample.response.strip() == sample.meta["solution"] else 0.0

@@ -1,0 +1,207 @@
+"""The critic step, written once: the value model of PPO with GAE (`critic:` + `algorithm.advantage: gae`).
+
+A critic *shell* supplies what differs between backends (`CriticShell` below: the value forward, backward, the
+optimizer step); everything else lives here, the way `creditrl/learner/core.py` holds the policy's step:
+
+    old_values      no-grad V_old [B, T] of this rank's rows, over the same micro-batches as the policy's old pass
+                    (`core.plan_batch`); they feed GAE and anchor the value clipping
+    store_values    merge the ranks' rows into `batch.stats["old_values"]`
+    update          ppo_epochs x mini-batches (the policy's plan) of clipped value-loss optimizer steps against
+                    `batch.stats["returns"]` (GAE's R_t); partial sums for `reduce_update`
+    reduce_update   the step's `critic/*` metrics from every rank's partial sums
+
+Value loss (verl `compute_value_loss`, token-mean over the mini-batch's valid tokens, normalised by the global
+mini-batch token count so that micro-batch losses sum to the mini-batch loss):
+
+    L = 0.5 * mean_m( max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2) )      eps = critic.cliprange_value
+
+The 0.5 factor is verl's (`vf_loss = 0.5 * agg_loss(...)`), as in OpenAI baselines' PPO2 and TRL's PPOTrainer
+(`0.5 * masked_mean(max(vf_losses1, vf_losses2))`); without clipping (cliprange_value null) L = 0.5 mean (V - R)^2.
+
+Metrics: critic/value_loss (mean over the step's mini-batch steps), critic/clipfrac (share of valid tokens where the
+clipped term is the larger one), critic/grad_norm (pre-clip, mean over steps), critic/lr, critic/values_mean (V_old
+over valid tokens), critic/explained_variance = 1 - Var_m(R - V_old) / Var_m(R) over the step's valid tokens (verl
+`vf_explained_var`, + 1e-5 in the denominator: how much of the fresh batch's returns the critic predicted before updating on it),
+critic/skipped_steps_total. A non-finite value loss or gradient norm skips that critic step (counted).
+
+The shells: `LocalCritic` (creditrl/learner/critic_local.py). The Ray/DeepSpeed critic group is not implemented
+yet; `critic:` with `resources.backend: ray` is refused at config time (creditrl/config/schema.py `check_critic`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from creditrl.algorithms.base import masked_mean
+from creditrl.learner.batch import MicroBatch, RolloutBatch, make_micro_batch
+from creditrl.learner.dp_split import MiniPlan
+
+log = logging.getLogger(__name__)
+
+
+class CriticShell(Protocol):
+    """What a critic backend supplies to the shared critic step."""
+
+    pad_id: int
+
+    def values(self, mb: MicroBatch) -> Tensor:
+        """V_t of the micro-batch's response tokens [b, T] (fp32, 0 at padding); grad-enabled in update."""
+        ...
+
+    def backward(self, loss: Tensor) -> None: ...
+
+    def step(self, finite: bool) -> float | None:
+        """End of a mini-batch: clip and apply; the pre-clip gradient norm, or None if skipped."""
+        ...
+
+    def set_train(self, mode: bool) -> None: ...
+
+
+# ---- values before the update ------------------------------------------------------------------------------------
+@torch.no_grad()
+def old_values(shell: CriticShell, batch: RolloutBatch, plans: list[MiniPlan], rank: int = 0) -> dict:
+    """V_old of this rank's real rows: {"rows": [n], "values": [n, T]} (padding micro-batches run for lockstep)."""
+    rows: list[int] = []
+    parts: list[Tensor] = []
+    shell.set_train(False)
+    try:
+        for plan in plans:
+            for spec in plan.micro[rank]:
+                v = shell.values(make_micro_batch(batch, list(spec.rows), shell.pad_id))
+                if spec.real:
+                    rows += list(spec.rows)
+                    parts.append(v.detach().float().cpu())
+    finally:
+        shell.set_train(True)
+    T = batch.mask.shape[1]
+    return {"rows": rows, "values": torch.cat(parts, 0)[:, :T] if parts else torch.zeros(0, T)}
+
+
+def store_values(batch: RolloutBatch, parts: list[dict]) -> dict[str, float]:
+    """Merge the ranks' `old_values` into `batch.stats["old_values"]` [B, T]; critic/values_mean."""
+    values = torch.zeros(batch.mask.shape, dtype=torch.float32)
+    for part in parts:
+        if part["rows"]:
+            values[torch.tensor(part["rows"], dtype=torch.long)] = part["values"]
+    values = values * batch.mask
+    batch.stats["old_values"] = values
+    return {"critic/values_mean": masked_mean(values, batch.mask).item()}
+
+
+# ---- the loss ------------------------------------------------------------------------------------------------------
+def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, cliprange: float | None,
+               num_tokens: float | None = None) -> tuple[Tensor, dict[str, float]]:
+    """0.5 x token-mean of the (clipped) squared error (module docstring); `num_tokens`: the global mini-batch
+    token count (None: this micro-batch's). Metrics: critic/clipfrac, critic/vpred_mean (token sums / n, weight n).
+    """
+    m = mask.to(values.dtype)
+    err1 = (values - returns).square()
+    if cliprange is not None:
+        clipped = old_values + (values - old_values).clamp(-cliprange, cliprange)
+        err2 = (clipped - returns).square()
+        per_token = torch.maximum(err1, err2)
+        clipfrac = masked_mean((err2 > err1).float(), mask).item()
+    else:
+        per_token, clipfrac = err1, 0.0
+    n = float(m.sum()) if num_tokens is None else num_tokens
+    loss = 0.5 * (per_token * m).sum() / max(n, 1.0)
+    return loss, {"critic/clipfrac": clipfrac, "critic/vpred_mean": masked_mean(values.detach(), mask).item()}
+
+
+def explained_variance(returns: Tensor, values: Tensor, mask: Tensor) -> float:
+    """1 - Var_m(R - V) / (Var_m(R) + 1e-5) over valid tokens (unbiased variances; verl `compute_data_metrics`
+    `vf_explained_var`, whose 1e-5 keeps it finite when every return is equal); 0 with fewer than 2 tokens."""
+    m = mask.to(torch.float64)
+    n = m.sum()
+    if n < 2:
+        return 0.0
+
+    def var(x: Tensor) -> Tensor:
+        x = x.to(torch.float64)
+        mean = (x * m).sum() / n
+        return ((x - mean).square() * m).sum() / (n - 1)
+
+    return float(1.0 - var(returns.to(torch.float64) - values.to(torch.float64)) / (var(returns) + 1e-5))
+
+
+# ---- the update ----------------------------------------------------------------------------------------------------
+@dataclass
+class CriticPart:
+    """One rank's share of a critic update, reduced by `reduce_update`."""
+
+    sums: dict[str, float] = field(default_factory=dict)  # token-weighted metric sums
+    weight: float = 0.0  # tokens behind `sums`
+    losses: list[float] = field(default_factory=list)  # this rank's share of each applied mini-batch loss
+    grad_norms: list[float] = field(default_factory=list)  # global pre-clip norm of each applied step
+    skipped_steps: int = 0  # cumulative
+
+
+def update(shell: CriticShell, batch: RolloutBatch, plans: list[MiniPlan], ppo_epochs: int,
+           cliprange: float | None, rank: int = 0, skipped_before: int = 0) -> CriticPart:
+    """ppo_epochs x mini-batches of critic optimizer steps over this rank's micro-batches.
+
+    Needs `batch.stats["old_values"]` (`store_values`) and `batch.stats["returns"]` (GAE's R_t).
+    """
+    if "returns" not in batch.stats or "old_values" not in batch.stats:
+        raise ValueError("the critic update needs batch.stats old_values and returns (algorithm.advantage gae)")
+    old, returns = batch.stats["old_values"], batch.stats["returns"]
+    out = CriticPart(skipped_steps=skipped_before)
+    for _ in range(ppo_epochs):
+        for plan in plans:
+            num_tokens = batch.mask[list(plan.rows)].sum().clamp_min(1).item()
+            finite, mini_loss, sums, weight = True, 0.0, {}, 0.0
+            for spec in plan.micro[rank]:
+                mb = make_micro_batch(batch, list(spec.rows), shell.pad_id)
+                v = shell.values(mb)
+                if spec.real and finite:
+                    idx = mb.index
+                    loss, metrics = value_loss(v, old[idx], returns[idx], mb.mask, cliprange, num_tokens)
+                    if torch.isfinite(loss):
+                        shell.backward(loss)
+                        mini_loss += loss.item()
+                        w = float(mb.mask.sum())
+                        weight += w
+                        for k, val in metrics.items():
+                            sums[k] = sums.get(k, 0.0) + w * float(val)
+                        continue
+                    finite = False
+                    log.warning("rank %d: non-finite critic loss in a micro-batch: the critic step is skipped", rank)
+                shell.backward((v * (0.0 if finite else float("nan"))).sum())  # lockstep / make every rank skip
+            grad_norm = shell.step(finite)
+            if grad_norm is None:
+                out.skipped_steps += 1
+                log.warning("rank %d: non-finite critic loss or gradient norm: critic step skipped (%d so far)", rank,
+                            out.skipped_steps)
+                continue
+            out.grad_norms.append(grad_norm)
+            out.losses.append(mini_loss)
+            out.weight += weight
+            for k, val in sums.items():
+                out.sums[k] = out.sums.get(k, 0.0) + val
+    return out
+
+
+def reduce_update(parts: list[CriticPart], lr: float, batch: RolloutBatch) -> dict[str, float]:
+    """The step's critic metrics: loss, clip fraction, gradient norm, lr, skips, and the explained variance of the
+    old values (before this step's update) on the step's returns."""
+    weight = sum(p.weight for p in parts)
+    sums: dict[str, float] = {}
+    for p in parts:
+        for k, v in p.sums.items():
+            sums[k] = sums.get(k, 0.0) + v
+    out = {k: v / max(weight, 1.0) for k, v in sums.items()}
+    mini_losses = [sum(vals) for vals in zip(*(p.losses for p in parts))]
+    grad_norms = parts[0].grad_norms
+    out["critic/value_loss"] = sum(mini_losses) / len(mini_losses) if mini_losses else math.nan
+    out["critic/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
+    out["critic/lr"] = lr
+    out["critic/skipped_steps_total"] = float(parts[0].skipped_steps)
+    out["critic/explained_variance"] = explained_variance(batch.stats["returns"], batch.stats["old_values"],
+                                                          batch.mask)
+    return out

@@ -1,0 +1,102 @@
+"""The single-process critic shell: the value model, its AdamW and clipping, in this process.
+
+The critic step (values before the update, clipped value loss, mini-batch updates, metrics) is
+`creditrl/learner/critic.py`; this shell supplies the value forward, backward and optimizer step, the warm-up
+counter and the checkpoint layout (`<checkpoint>/critic/model/` + `critic/critic_state.pt`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from creditrl.config import RecipeConfig
+from creditrl.learner import core
+from creditrl.learner import critic as critic_core
+from creditrl.learner.batch import MicroBatch, RolloutBatch, scatter_tokens
+from creditrl.models.build import build_optimizer, build_value_model
+
+
+class LocalCritic:
+    """Value model + AdamW (constant `critic.lr`) for the local backend; driven by the step loop's `learn`."""
+
+    def __init__(self, cfg: RecipeConfig, pad_id: int):
+        if cfg.critic is None:
+            raise ValueError("LocalCritic needs a recipe with a `critic:` section")
+        self.cfg, self.ccfg, self.pad_id = cfg, cfg.critic, pad_id
+        self.model = build_value_model(self.ccfg.path or cfg.model.path, cfg.model.dtype,
+                                       cfg.model.gradient_checkpointing)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        tc = replace(cfg.train, lr=self.ccfg.lr, lr_schedule="constant", warmup_steps=0,
+                     weight_decay=self.ccfg.weight_decay, max_grad_norm=self.ccfg.max_grad_norm)
+        self.optimizer, self.scheduler = build_optimizer(self.params, tc, max(cfg.train.steps, 1))
+        self.updates = 0  # critic updates (steps) done: the warm-up counter
+        self.skipped_steps = 0
+
+    # ---- the CriticShell of creditrl/learner/critic.py ------------------------------------------------------------
+    def values(self, mb: MicroBatch) -> Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.model.autocast_bf16):
+            logits = self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits  # [b, L, 1]
+        return scatter_tokens(logits[mb.rows, mb.positions, 0].float(), mb)
+
+    def backward(self, loss: Tensor) -> None:
+        loss.backward()
+
+    def step(self, finite: bool) -> float | None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.ccfg.max_grad_norm) if finite else None
+        if grad_norm is None or not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    def set_train(self, mode: bool) -> None:
+        self.model.train(mode)
+
+    # ---- what the step loop calls -----------------------------------------------------------------------------
+    def compute_values(self, batch: RolloutBatch) -> dict[str, float]:
+        """V_old into `batch.stats["old_values"]` (same micro-batches as the policy's old pass); metrics."""
+        part = critic_core.old_values(self, batch, core.plan_batch(batch, self.cfg))
+        return critic_core.store_values(batch, [part])
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        """ppo_epochs x mini-batches of critic steps against `batch.stats["returns"]`; the step's metrics."""
+        self.optimizer.zero_grad(set_to_none=True)
+        part = critic_core.update(self, batch, core.plan_batch(batch, self.cfg), self.cfg.train.ppo_epochs,
+                                  self.ccfg.cliprange_value, skipped_before=self.skipped_steps)
+        self.skipped_steps = part.skipped_steps
+        self.updates += 1
+        return critic_core.reduce_update([part], self.scheduler.get_last_lr()[0], batch)
+
+    @property
+    def warming_up(self) -> bool:
+        """True while the steps done so far are all critic warm-up steps (the policy update is skipped)."""
+        return self.updates <= self.ccfg.warmup_steps
+
+    # ---- checkpoints --------------------------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory / "model")
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "updates": self.updates, "skipped_steps": self.skipped_steps}, directory / "critic_state.pt")
+
+    def load(self, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        files = sorted((directory / "model").glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"checkpoint {directory.parent} has no critic weights in {directory / 'model'}: "
+                                    f"was it written by a run without a `critic:` section?")
+        state = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        self.model.load_state_dict(state, strict=True)
+        st = torch.load(directory / "critic_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.updates, self.skipped_steps = st["updates"], st["skipped_steps"]
