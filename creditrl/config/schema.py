@@ -546,10 +546,6 @@ def check_critic(cfg: "RecipeConfig") -> None:
     if cfg.preference is not None:
         raise ValueError("a `critic:` section is for RL (PPO with GAE); preference training has none. Fix: remove "
                          "the critic section")
-    if cfg.resources.backend == "ray":
-        raise ValueError("a learned critic (`critic:`, algorithm.advantage gae) is not yet supported with "
-                         "resources.backend: ray (no DeepSpeed critic worker group yet). Fix: "
-                         "resources.backend: local, or a critic-free advantage (grpo, rloo, reinforce_pp) on Ray")
     if cfg.model.lora.enabled:
         raise ValueError("a learned critic with model.lora.enabled is not supported (the critic trains all its "
                          "weights). Fix: model.lora.enabled: false, or a critic-free advantage")

@@ -109,6 +109,15 @@ class LearnerGroup:
             algorithm.load_state_dict(part.algorithm_state)
         return core.reduce_update(parts, parts[0].lr)
 
+    def critic_values(self, batch: RolloutBatch) -> list[dict]:
+        """Every rank's V_old rows (creditrl/learner/critic.py `old_values`), on the step's plan."""
+        return self._call_all("critic_values", batch, self.plan(batch), call="critic values")
+
+    def critic_update(self, batch: RolloutBatch, skipped_before: int) -> tuple[list, float]:
+        """Every rank's share of the critic update, and the critic's learning rate."""
+        results = self._call_all("critic_update", batch, self.plan(batch), skipped_before, call="critic update")
+        return [part for part, _ in results], results[0][1]
+
     def preference_update(self, pairs: Sequence[Pair]) -> dict[str, float]:
         """One preference optimizer step: the pairs dealt to the ranks (`plan_pairs`), the shares reduced."""
         plan = plan_pairs(pairs, self.cfg.train.micro_batch_tokens_per_worker, self.world)

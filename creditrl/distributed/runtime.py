@@ -2,6 +2,7 @@
 
     engine   RolloutGroup: `resources.rollout_actors` actors, each with the `rollout.engine` of the recipe
     learner  LearnerGroup: `resources.learner_ranks` DeepSpeed ranks running creditrl/learner/core.py
+    critic   RayCritic (with a `critic:` section): the value model's DeepSpeed engine in each learner rank
     sync     WeightSync of `resources.weight_sync` (object store / broadcast / CUDA IPC), after every update
              and once at the start (also after a resume), before the first generation
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from creditrl.config import RecipeConfig
+from creditrl.distributed.critic import RayCritic
 from creditrl.distributed.learner_group import LearnerGroup
 from creditrl.distributed.placement import make_placement
 from creditrl.distributed.ray_runtime import init_ray
@@ -33,9 +35,11 @@ class RayRuntime:
         self._started_ray = not ray.is_initialized()
         init_ray(cfg.resources.ray_address)
         self.placement = make_placement(cfg.resources, cfg.resources.call_timeout_s)
-        self.learner = self.engine = None
+        self.learner = self.engine = self.critic = None
         try:
             self.learner = LearnerGroup(cfg, total_optimizer_steps, pad_id, self.placement.learner)
+            # PPO with GAE: the value model in every learner rank, driven from here (creditrl/distributed/critic.py)
+            self.critic = RayCritic(cfg, self.learner) if cfg.critic is not None else None
             self.engine = RolloutGroup(cfg, self.placement.rollout, pad_id, eos_id)
             self.weight_sync = make_weight_sync(cfg, self.learner, self.engine)
         except BaseException:

@@ -227,6 +227,53 @@ class UpdatePart:
     algorithm_state: dict | None = None
 
 
+@dataclass
+class MiniBatchResult:
+    """What one mini-batch's micro-batches left on this rank: the loss share, token-weighted metric sums."""
+
+    finite: bool = True  # False once a micro-batch loss was non-finite (the step must be skipped)
+    loss: float = 0.0  # this rank's share of the mini-batch loss
+    sums: dict[str, float] = field(default_factory=dict)
+    weight: float = 0.0  # tokens behind `sums`
+
+
+def accumulate_mini_batch(shell, batch: RolloutBatch, specs, forward, loss_of, rank: int,
+                          what: str = "loss") -> MiniBatchResult:
+    """Forward and backward of this rank's micro-batches `specs` of one mini-batch (policy and critic alike).
+
+    `forward(mb) -> (out, anchor)`: the model outputs and a tensor on their graph; `loss_of(mb, out) -> (loss,
+    metrics)`. A padding micro-batch, or any after a non-finite loss, back-propagates `anchor` x 0 (ZeRO-3 and the
+    gradient all-reduce stay in lockstep) or x NaN (every rank then skips the step: the gradients carry it).
+    """
+    res = MiniBatchResult()
+    for spec in specs:
+        mb = make_micro_batch(batch, list(spec.rows), shell.pad_id)
+        out, anchor = forward(mb)
+        if spec.real and res.finite:
+            loss, metrics = loss_of(mb, out)
+            if torch.isfinite(loss):
+                shell.backward(loss)
+                res.loss += loss.item()
+                w = float(mb.mask.sum())
+                res.weight += w
+                for k, v in metrics.items():
+                    res.sums[k] = res.sums.get(k, 0.0) + w * float(v)
+                continue
+            res.finite = False
+            log.warning("rank %d: non-finite %s in a micro-batch: the optimizer step is skipped", rank, what)
+        shell.backward((anchor * (0.0 if res.finite else float("nan"))).sum())
+    return res
+
+
+def record_step(out, grad_norm: float, res: MiniBatchResult) -> None:
+    """Add an applied step's gradient norm, loss share and metric sums to a rank's update part."""
+    out.grad_norms.append(grad_norm)
+    out.losses.append(res.loss)
+    out.weight += res.weight
+    for k, v in res.sums.items():
+        out.sums[k] = out.sums.get(k, 0.0) + v
+
+
 def after_step(shell: Shell, grad_norm: float | None, out, cfg: RecipeConfig, rank: int) -> None:
     """Bookkeeping after an optimizer step (RL and preference): count a skip and check the skip budget, or check
     the parameters of an applied step. Sets `out.stop` when the update must end (the same on every rank: the skip
@@ -262,37 +309,21 @@ def update(shell: Shell, batch: RolloutBatch, algorithm: Algorithm, plans: list[
             mask = batch.mask[list(plan.rows)]
             norm = AggregationNorm(num_tokens=mask.sum().clamp_min(1).item(),
                                    num_seqs=(mask.sum(-1) > 0).sum().clamp_min(1).item())
-            finite, mini_loss, sums, weight = True, 0.0, {}, 0.0
-            for spec in plan.micro[rank]:
-                mb = make_micro_batch(batch, list(spec.rows), shell.pad_id)
+
+            def forward(mb):
                 stats = shell.forward(mb, req.train_want)
-                if spec.real and finite:
-                    loss, metrics = algorithm.loss(loss_inputs(batch, mb.index, stats["logp"], stats.get("entropy"),
-                                                               ctx), norm)
-                    if torch.isfinite(loss):
-                        shell.backward(loss)
-                        mini_loss += loss.item()
-                        w = float(mb.mask.sum())
-                        weight += w
-                        for k, v in metrics.items():
-                            sums[k] = sums.get(k, 0.0) + w * float(v)
-                        continue
-                    finite = False
-                    log.warning("rank %d: non-finite loss in a micro-batch: the optimizer step is skipped", rank)
-                # padding micro-batch, or after a non-finite loss: a backward for lockstep (zero, or NaN to make
-                # every rank skip the step)
-                shell.backward((stats["logp"] * (0.0 if finite else float("nan"))).sum())
-            grad_norm = shell.step(finite)
+                return stats, stats["logp"]
+
+            def loss_of(mb, stats):
+                return algorithm.loss(loss_inputs(batch, mb.index, stats["logp"], stats.get("entropy"), ctx), norm)
+
+            res = accumulate_mini_batch(shell, batch, plan.micro[rank], forward, loss_of, rank)
+            grad_norm = shell.step(res.finite)
             after_step(shell, grad_norm, out, cfg, rank)
             if out.stop is not None:
                 break
-            if grad_norm is None:
-                continue
-            out.grad_norms.append(grad_norm)
-            out.losses.append(mini_loss)
-            out.weight += weight
-            for k, v in sums.items():
-                out.sums[k] = out.sums.get(k, 0.0) + v
+            if grad_norm is not None:
+                record_step(out, grad_norm, res)
     out.algorithm_state = algorithm.state_dict()
     return out
 

@@ -24,15 +24,19 @@ over valid tokens), critic/explained_variance = 1 - Var_m(R - V_old) / Var_m(R) 
 `vf_explained_var`, + 1e-5 in the denominator: how much of the fresh batch's returns the critic predicted before updating on it),
 critic/skipped_steps_total. A non-finite value loss or gradient norm skips that critic step (counted).
 
-The shells: `LocalCritic` (creditrl/learner/critic_local.py). The Ray/DeepSpeed critic group is not implemented
-yet; `critic:` with `resources.backend: ray` is refused at config time (creditrl/config/schema.py `check_critic`).
+The shells: `LocalCritic` (creditrl/learner/critic_local.py) on the local backend; on Ray, `DeepSpeedCritic`
+(creditrl/learner/critic_deepspeed.py): the value model in its own DeepSpeed engine inside every learner rank actor
+(colocated with the policy's ranks, same process group), driven by `RayCritic` (creditrl/distributed/critic.py).
+Both drivers keep a `CriticProgress`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -40,6 +44,7 @@ from torch import Tensor
 
 from creditrl.algorithms.base import masked_mean
 from creditrl.learner.batch import MicroBatch, RolloutBatch, make_micro_batch
+from creditrl.learner.core import accumulate_mini_batch, record_step
 from creditrl.learner.dp_split import MiniPlan
 
 log = logging.getLogger(__name__)
@@ -61,6 +66,53 @@ class CriticShell(Protocol):
         ...
 
     def set_train(self, mode: bool) -> None: ...
+
+
+def critic_train_config(cfg):
+    """The `train:` settings the critic's optimizer is built from: `critic.lr` constant (no warm-up, no decay),
+    `critic.weight_decay`, `critic.max_grad_norm`; the rest (betas, eps) as the policy's."""
+    from dataclasses import replace
+
+    c = cfg.critic
+    return replace(cfg.train, lr=c.lr, lr_schedule="constant", warmup_steps=0, weight_decay=c.weight_decay,
+                   max_grad_norm=c.max_grad_norm)
+
+
+@dataclass
+class CriticProgress:
+    """The critic's counters, kept by the driver on every backend and checkpointed: critic updates done (the
+    warm-up counter: the policy update is skipped while `warming_up`) and critic steps skipped as non-finite."""
+
+    warmup_steps: int
+    updates: int = 0
+    skipped_steps: int = 0
+
+    @property
+    def warming_up(self) -> bool:
+        """True while the steps done so far are all critic warm-up steps."""
+        return self.updates <= self.warmup_steps
+
+    def record(self, part: "CriticPart") -> None:
+        """Count one critic update (`part`: any rank's share; its skip count is cumulative and equal on all)."""
+        self.updates += 1
+        self.skipped_steps = part.skipped_steps
+
+    def save(self, directory: Path) -> None:
+        """`directory/progress.json` (a checkpoint's critic/ folder)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / PROGRESS_FILE).write_text(json.dumps({"updates": self.updates,
+                                                           "skipped_steps": self.skipped_steps}))
+
+    def load(self, directory: Path) -> None:
+        path = directory / PROGRESS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {directory.parent} has no critic counters ({path}): was it written "
+                                    f"by a run without a `critic:` section?")
+        state = json.loads(path.read_text())
+        self.updates, self.skipped_steps = int(state["updates"]), int(state["skipped_steps"])
+
+
+PROGRESS_FILE = "progress.json"
 
 
 # ---- values before the update ------------------------------------------------------------------------------------
@@ -155,35 +207,22 @@ def update(shell: CriticShell, batch: RolloutBatch, plans: list[MiniPlan], ppo_e
     for _ in range(ppo_epochs):
         for plan in plans:
             num_tokens = batch.mask[list(plan.rows)].sum().clamp_min(1).item()
-            finite, mini_loss, sums, weight = True, 0.0, {}, 0.0
-            for spec in plan.micro[rank]:
-                mb = make_micro_batch(batch, list(spec.rows), shell.pad_id)
+
+            def forward(mb):
                 v = shell.values(mb)
-                if spec.real and finite:
-                    idx = mb.index
-                    loss, metrics = value_loss(v, old[idx], returns[idx], mb.mask, cliprange, num_tokens)
-                    if torch.isfinite(loss):
-                        shell.backward(loss)
-                        mini_loss += loss.item()
-                        w = float(mb.mask.sum())
-                        weight += w
-                        for k, val in metrics.items():
-                            sums[k] = sums.get(k, 0.0) + w * float(val)
-                        continue
-                    finite = False
-                    log.warning("rank %d: non-finite critic loss in a micro-batch: the critic step is skipped", rank)
-                shell.backward((v * (0.0 if finite else float("nan"))).sum())  # lockstep / make every rank skip
-            grad_norm = shell.step(finite)
+                return v, v
+
+            def loss_of(mb, v):
+                return value_loss(v, old[mb.index], returns[mb.index], mb.mask, cliprange, num_tokens)
+
+            res = accumulate_mini_batch(shell, batch, plan.micro[rank], forward, loss_of, rank, "critic loss")
+            grad_norm = shell.step(res.finite)
             if grad_norm is None:
                 out.skipped_steps += 1
                 log.warning("rank %d: non-finite critic loss or gradient norm: critic step skipped (%d so far)", rank,
                             out.skipped_steps)
                 continue
-            out.grad_norms.append(grad_norm)
-            out.losses.append(mini_loss)
-            out.weight += weight
-            for k, val in sums.items():
-                out.sums[k] = out.sums.get(k, 0.0) + val
+            record_step(out, grad_norm, res)
     return out
 
 

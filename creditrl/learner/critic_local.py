@@ -2,12 +2,12 @@
 
 The critic step (values before the update, clipped value loss, mini-batch updates, metrics) is
 `creditrl/learner/critic.py`; this shell supplies the value forward, backward and optimizer step, the warm-up
-counter and the checkpoint layout (`<checkpoint>/critic/model/` + `critic/critic_state.pt`).
+counter and the checkpoint layout (`<checkpoint>/critic/model/`, `critic/critic_state.pt` with the optimizer and
+scheduler, `critic/progress.json` with the counters).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -17,6 +17,7 @@ from creditrl.config import RecipeConfig
 from creditrl.learner import core
 from creditrl.learner import critic as critic_core
 from creditrl.learner.batch import MicroBatch, RolloutBatch, scatter_tokens
+from creditrl.learner.local import optimizer_step
 from creditrl.models.build import build_optimizer, build_value_model
 
 
@@ -28,13 +29,11 @@ class LocalCritic:
             raise ValueError("LocalCritic needs a recipe with a `critic:` section")
         self.cfg, self.ccfg, self.pad_id = cfg, cfg.critic, pad_id
         self.model = build_value_model(self.ccfg.path or cfg.model.path, cfg.model.dtype,
-                                       cfg.model.gradient_checkpointing)
+                                       cfg.model.gradient_checkpointing, seed=cfg.seed)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        tc = replace(cfg.train, lr=self.ccfg.lr, lr_schedule="constant", warmup_steps=0,
-                     weight_decay=self.ccfg.weight_decay, max_grad_norm=self.ccfg.max_grad_norm)
+        tc = critic_core.critic_train_config(cfg)
         self.optimizer, self.scheduler = build_optimizer(self.params, tc, max(cfg.train.steps, 1))
-        self.updates = 0  # critic updates (steps) done: the warm-up counter
-        self.skipped_steps = 0
+        self.progress = critic_core.CriticProgress(self.ccfg.warmup_steps)
 
     # ---- the CriticShell of creditrl/learner/critic.py ------------------------------------------------------------
     def values(self, mb: MicroBatch) -> Tensor:
@@ -46,14 +45,7 @@ class LocalCritic:
         loss.backward()
 
     def step(self, finite: bool) -> float | None:
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.ccfg.max_grad_norm) if finite else None
-        if grad_norm is None or not torch.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm)
+        return optimizer_step(self.params, self.optimizer, self.scheduler, self.ccfg.max_grad_norm, finite)
 
     def set_train(self, mode: bool) -> None:
         self.model.train(mode)
@@ -68,22 +60,22 @@ class LocalCritic:
         """ppo_epochs x mini-batches of critic steps against `batch.stats["returns"]`; the step's metrics."""
         self.optimizer.zero_grad(set_to_none=True)
         part = critic_core.update(self, batch, core.plan_batch(batch, self.cfg), self.cfg.train.ppo_epochs,
-                                  self.ccfg.cliprange_value, skipped_before=self.skipped_steps)
-        self.skipped_steps = part.skipped_steps
-        self.updates += 1
+                                  self.ccfg.cliprange_value, skipped_before=self.progress.skipped_steps)
+        self.progress.record(part)
         return critic_core.reduce_update([part], self.scheduler.get_last_lr()[0], batch)
 
     @property
     def warming_up(self) -> bool:
         """True while the steps done so far are all critic warm-up steps (the policy update is skipped)."""
-        return self.updates <= self.ccfg.warmup_steps
+        return self.progress.warming_up
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory / "model")
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "updates": self.updates, "skipped_steps": self.skipped_steps}, directory / "critic_state.pt")
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                   directory / "critic_state.pt")
+        self.progress.save(directory)
 
     def load(self, directory: Path) -> None:
         from safetensors.torch import load_file
@@ -99,4 +91,4 @@ class LocalCritic:
         st = torch.load(directory / "critic_state.pt", weights_only=False)
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
-        self.updates, self.skipped_steps = st["updates"], st["skipped_steps"]
+        self.progress.load(directory)

@@ -44,6 +44,7 @@ from creditrl.learner.ds_config import deepspeed_config
 from creditrl.weights.broadcast import TensorMeta, make_group, make_store, send_buckets
 from creditrl.weights.buckets import ObjectStoreTransport, is_adapter_tensor, plan_buckets_by_numel
 from creditrl.learner import core, health
+from creditrl.learner import critic as critic_core
 from creditrl.learner import preference as pref
 from creditrl.learner.batch import MicroBatch, RolloutBatch
 from creditrl.learner.pair_stats import ReferenceStats, pair_token_stats
@@ -123,6 +124,11 @@ class DeepSpeedLearnerWorker:
         self.engine, _, _, _ = deepspeed.initialize(model=self.module, optimizer=optimizer, lr_scheduler=scheduler,
                                                     model_parameters=params, config=deepspeed_config(cfg))
         self.params = params
+        self.critic = None  # PPO with GAE: the value model's own engine on this rank (critic_deepspeed.py)
+        if cfg.critic is not None and cfg.preference is None:
+            from creditrl.learner.critic_deepspeed import DeepSpeedCritic
+
+            self.critic = DeepSpeedCritic(cfg, world_size, self.device, pad_id)
         self.param_limit = health.param_limit(initial_max_abs, cfg.train.max_param_abs)
         self.skipped_steps = 0
         self.consecutive_skipped = 0  # the skip budget's counter (creditrl/learner/health.py)
@@ -172,24 +178,7 @@ class DeepSpeedLearnerWorker:
         self.engine.backward(loss * self.world)  # DeepSpeed averages over the ranks; the loss is a global share
 
     def step(self, finite: bool) -> float | None:
-        """One DeepSpeed step. ZeRO 1-3 skip a step whose reduced gradients are non-finite by themselves (a
-        rank that saw a non-finite loss back-propagated NaN); ZeRO-0 does not, so the ranks agree first."""
-        if self.cfg.resources.zero_stage == 0:
-            import torch.distributed as dist
-
-            local_ok = finite and all(torch.isfinite(p.grad).all() for p in self.policy.parameters()
-                                      if p.grad is not None)
-            flag = torch.tensor([1.0 if local_ok else 0.0], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            if flag.item() == 0.0:
-                self.engine.zero_grad()
-                return None
-        self.engine.step()
-        if not self.engine.was_step_applied():
-            return None
-        norm = self.engine.get_global_grad_norm()
-        norm = float(norm) if norm is not None else float("nan")
-        return norm if math.isfinite(norm) else None
+        return deepspeed_step(self.engine, self.policy, finite, self.cfg.resources.zero_stage, self.device)
 
     def set_train(self, mode: bool) -> None:
         self.engine.train(mode)
@@ -221,6 +210,18 @@ class DeepSpeedLearnerWorker:
         self.skipped_steps, self.consecutive_skipped = part.skipped_steps, part.consecutive_skipped
         part.lr = self.engine.get_lr()[0]
         return part
+
+    # ---- the critic step (creditrl/learner/critic.py), on this rank's rows --------------------------------
+    def critic_values(self, batch: RolloutBatch, plans: list[MiniPlan]) -> dict:
+        """V_old of this rank's real rows (`critic.old_values`)."""
+        return critic_core.old_values(self.critic, _batch_to(batch, self.device), plans, self.rank)
+
+    def critic_update(self, batch: RolloutBatch, plans: list[MiniPlan],
+                      skipped_before: int) -> tuple[critic_core.CriticPart, float]:
+        """This rank's share of the critic update (`critic.update`) and the critic's learning rate."""
+        part = critic_core.update(self.critic, _batch_to(batch, self.device), plans, self.cfg.train.ppo_epochs,
+                                  self.cfg.critic.cliprange_value, self.rank, skipped_before)
+        return part, self.critic.engine.get_lr()[0]
 
     def preference_update(self, pairs: Sequence[Pair], plan: pref.Plan) -> pref.PairUpdatePart:
         """This rank's share of a preference step (`preference.update`); the group reduces the shares."""
@@ -343,6 +344,8 @@ class DeepSpeedLearnerWorker:
         with self._gather(list(self.policy.parameters())):
             if self.rank == 0:
                 self.policy.save_pretrained(d / "model")
+        if self.critic is not None:
+            self.critic.save(d / "critic", self.rank)
 
     def load(self, directory: str) -> None:
         path = Path(directory) / DS_CHECKPOINT_DIR
@@ -352,12 +355,35 @@ class DeepSpeedLearnerWorker:
         _, client = self.engine.load_checkpoint(str(path), tag=DS_TAG)
         self.skipped_steps = (client or {}).get("skipped_steps", 0)
         self.consecutive_skipped = (client or {}).get("consecutive_skipped", 0)
+        if self.critic is not None:
+            self.critic.load(Path(directory) / "critic")
 
     def shutdown(self) -> None:
         import torch.distributed as dist
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def deepspeed_step(engine, module: torch.nn.Module, finite: bool, zero_stage: int, device: torch.device) -> float | None:
+    """One optimizer step of a DeepSpeed engine over `module`; the pre-clip global gradient norm, or None if the
+    step was skipped. ZeRO 1-3 skip a step whose reduced gradients are non-finite by themselves (a rank that saw a
+    non-finite loss back-propagated NaN); ZeRO-0 does not, so the ranks agree first (an all-reduced flag)."""
+    if zero_stage == 0:
+        import torch.distributed as dist
+
+        local_ok = finite and all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)
+        flag = torch.tensor([1.0 if local_ok else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if flag.item() == 0.0:
+            engine.zero_grad()
+            return None
+    engine.step()
+    if not engine.was_step_applied():
+        return None
+    norm = engine.get_global_grad_norm()
+    norm = float(norm) if norm is not None else float("nan")
+    return norm if math.isfinite(norm) else None
 
 
 def _to_device(mb, device: torch.device):

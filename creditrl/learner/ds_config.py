@@ -5,8 +5,9 @@ from __future__ import annotations
 from creditrl.config.schema import RecipeConfig
 
 
-def deepspeed_config(cfg: RecipeConfig) -> dict:
-    """ZeRO stage / offload / bf16 from `resources`; clipping from `train.max_grad_norm`.
+def deepspeed_config(cfg: RecipeConfig, max_grad_norm: float | None = None) -> dict:
+    """ZeRO stage / offload / bf16 from `resources`; clipping from `max_grad_norm` (default `train.max_grad_norm`;
+    the critic's engine passes `critic.max_grad_norm`).
 
     - The optimizer is a client `torch.optim.AdamW` (no `optimizer` section): the fused_adam JIT build costs
       about 42 s on CPU (install.md §6); with `offload_optimizer` DeepSpeed needs its CPU Adam instead, built
@@ -27,7 +28,7 @@ def deepspeed_config(cfg: RecipeConfig) -> dict:
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
         "managed_gradient_accumulation": False,
-        "gradient_clipping": cfg.train.max_grad_norm,
+        "gradient_clipping": cfg.train.max_grad_norm if max_grad_norm is None else max_grad_norm,
         "zero_optimization": zero,
         "bf16": {"enabled": rc.bf16},
         "zero_allow_untested_optimizer": True,

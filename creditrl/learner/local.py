@@ -45,6 +45,19 @@ class Learner(Protocol):
     def load(self, directory: Path) -> None: ...
 
 
+def optimizer_step(params, optimizer, scheduler, max_grad_norm: float, finite: bool) -> float | None:
+    """Clip by global norm and apply one step (single process); the pre-clip norm, or None when skipped (`finite`
+    False, or a non-finite norm: the gradients are dropped and neither the optimizer nor the schedule moves)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm) if finite else None
+    if grad_norm is None or not torch.isfinite(grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
 class LocalLearner:
     """Single-process learner (CPU or one GPU): AdamW, warm-up schedule, clipping, micro-batching, LoRA."""
 
@@ -89,14 +102,7 @@ class LocalLearner:
         loss.backward()
 
     def step(self, finite: bool) -> float | None:
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm) if finite else None
-        if grad_norm is None or not torch.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm)
+        return optimizer_step(self.params, self.optimizer, self.scheduler, self.cfg.train.max_grad_norm, finite)
 
     def set_train(self, mode: bool) -> None:
         self.policy.train(mode)

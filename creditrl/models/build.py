@@ -136,14 +136,16 @@ def build_optimizer(params: list[torch.nn.Parameter], tc: TrainConfig, total_opt
     return optimizer, scheduler
 
 
-def build_value_model(path: str, dtype: str = "float32", gradient_checkpointing: bool = False):
+def build_value_model(path: str, dtype: str = "float32", gradient_checkpointing: bool = False, seed: int = 0):
     """The critic of PPO with GAE: the transformer trunk of `path` + a scalar linear head per token.
 
     `AutoModelForTokenClassification` with num_labels 1: from a causal-LM directory (Llama, Qwen2, ... all have a
     `*ForTokenClassification`) it loads the trunk and initialises a fresh `score` head (N(0, initializer_range),
     bias 0); from a saved critic it loads the head too. The same class is what verl's critic loads, and its
     `save_pretrained` directory is a loadable `critic.path`. Classifier dropout is set to 0 (the default would be
-    0.1 for Llama), so the value forward is deterministic like the policy's.
+    0.1 for Llama), so the value forward is deterministic like the policy's. The fresh head is drawn from its own
+    RNG stream seeded with `seed`, so every backend (the local critic, each DeepSpeed rank) starts from the same
+    critic whatever the process drew before.
     """
     from transformers import AutoConfig, AutoModelForTokenClassification
 
@@ -152,7 +154,10 @@ def build_value_model(path: str, dtype: str = "float32", gradient_checkpointing:
     try:
         config = AutoConfig.from_pretrained(str(p.resolve()), num_labels=1)
         config.classifier_dropout = 0.0
-        model = AutoModelForTokenClassification.from_pretrained(str(p.resolve()), config=config, dtype=torch_dtype)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForTokenClassification.from_pretrained(str(p.resolve()), config=config,
+                                                                    dtype=torch_dtype)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, EnvironmentError) as e:
         raise ModelLoadError(f"the critic can not be built from {p}: {type(e).__name__}: {_short(e)}. Fix: "
                              f"critic.path (or model.path) must be a causal-LM or token-classification model "

@@ -20,6 +20,8 @@ SUMMARY_KEYS = [
     ("actor/kl_loss", "kl"),
     ("pg_clipfrac", "clip"),
     ("response/length_mean", "len"),
+    ("critic/value_loss", "vloss"),  # PPO with a critic only
+    ("critic/explained_variance", "ev"),
     ("perf/tokens_per_s", "tok/s"),
 ]
 

@@ -49,7 +49,6 @@ def test_explained_variance():
 @pytest.mark.parametrize("overrides,match", [
     (["algorithm.advantage=gae"], "needs a learned critic"),
     (["critic={}"], "does not use values"),
-    (["algorithm.advantage=gae", "critic={}", "resources.backend=ray"], "not yet supported with resources.backend"),
     (["algorithm.advantage=gae", "critic={}", "algorithm.token_weights=[{name: nthr}]"], "nthr"),
     (["algorithm.advantage=gae", "critic={}", "critic.lr=0"], "critic.lr"),
 ])
