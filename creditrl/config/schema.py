@@ -202,6 +202,9 @@ class TrainConfig:
     adam_eps: float = 1e-8  # AdamW epsilon
     max_grad_norm: float = 1.0  # gradient clipping by global norm
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal and sample more prompts
+    # One epoch of one mini-batch is on-policy: take pi_old from the update's own forward instead of a separate
+    # old-log-prob pass (same results and metrics; creditrl/learner/core.py `skips_old_pass`). false = always run it.
+    skip_old_pass: bool = True
     dynamic_sampling_max_rounds: int = 3  # generation rounds per step at most, with dynamic_sampling
     # Training health (creditrl/learner/health.py). Stop the run after this many optimizer steps IN A ROW were
     # skipped for a non-finite loss or gradient norm (null = never stop).

@@ -18,6 +18,7 @@ class RayCritic:
     def __init__(self, cfg: RecipeConfig, group: LearnerGroup):
         self.group = group
         self.progress = critic_core.CriticProgress(cfg.critic.warmup_steps)
+        self.budget = cfg.train.max_consecutive_skipped_steps
 
     def compute_values(self, batch: RolloutBatch) -> dict[str, float]:
         """V_old of every rank's rows into `batch.stats["old_values"]`; critic/values_mean."""
@@ -25,9 +26,8 @@ class RayCritic:
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         """The ranks' critic update against `batch.stats["returns"]`; the step's critic metrics."""
-        parts, lr = self.group.critic_update(batch, self.progress.skipped_steps)
-        self.progress.record(parts[0])
-        return critic_core.reduce_update(parts, lr, batch)
+        parts, lr = self.group.critic_update(batch)
+        return critic_core.finish_update(parts, lr, batch, self.progress, self.budget)
 
     @property
     def warming_up(self) -> bool:

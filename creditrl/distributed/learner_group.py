@@ -107,15 +107,15 @@ class LearnerGroup:
         parts = self._call_all("update", batch, algorithm, self.plan(batch), call="update")
         for part in parts:  # each rank's per-rank state (e.g. Clip-Cov's stream); the shared state is equal on all
             algorithm.load_state_dict(part.algorithm_state)
-        return core.reduce_update(parts, parts[0].lr)
+        return core.finish_update(batch, parts, parts[0].lr, algorithm.stats)
 
     def critic_values(self, batch: RolloutBatch) -> list[dict]:
         """Every rank's V_old rows (creditrl/learner/critic.py `old_values`), on the step's plan."""
         return self._call_all("critic_values", batch, self.plan(batch), call="critic values")
 
-    def critic_update(self, batch: RolloutBatch, skipped_before: int) -> tuple[list, float]:
+    def critic_update(self, batch: RolloutBatch) -> tuple[list, float]:
         """Every rank's share of the critic update, and the critic's learning rate."""
-        results = self._call_all("critic_update", batch, self.plan(batch), skipped_before, call="critic update")
+        results = self._call_all("critic_update", batch, self.plan(batch), call="critic update")
         return [part for part, _ in results], results[0][1]
 
     def preference_update(self, pairs: Sequence[Pair]) -> dict[str, float]:

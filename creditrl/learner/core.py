@@ -11,7 +11,9 @@ lives here, so the backends cannot drift apart.
                     (world = 1: the single-process plan). The old pass uses the same micro-batches as the first
                     update pass, so the first on-policy ratio is exactly 1 (verl#6280).
     old_pass        no-grad pi_old statistics (log-probs, entropy, every fused-op output and hidden state a part
-                    declares in `Algorithm.stats`) and the reference log-probs, for this rank's rows
+                    declares in `Algorithm.stats`) and the reference log-probs, for this rank's rows; left out
+                    for the policy when the update is provably on-policy (`skips_old_pass`: one epoch of one
+                    mini-batch, nothing needs pi_old first), pi_old then comes from the update's own forward
     store_old_stats merge the ranks' rows into `batch.stats`; mismatch and entropy metrics
     update          ppo_epochs x mini-batches: token-scope preparation, loss inputs, composed loss, backward,
                     one optimizer step per mini-batch; partial sums for `reduce_update`
@@ -95,14 +97,35 @@ def plan_batch(batch: RolloutBatch, cfg: RecipeConfig, world: int = 1) -> list[M
 
 
 # ---- old / reference pass -------------------------------------------------------------------------------------
+def skips_old_pass(cfg: RecipeConfig, algorithm: Algorithm, plans: list[MiniPlan]) -> bool:
+    """True when the policy's old pass can be left out without changing any result (`train.skip_old_pass`).
+
+    The update is provably on-policy when it is one epoch of one mini-batch: pi_old are the weights the update's
+    own forward runs with, so `old_logprobs` = that forward's log-probs, detached (the old pass computes the same
+    numbers with the same micro-batches; `plan_batch`), and the ratio is exactly 1 on both paths. Nothing may need
+    pi_old *before* the update: no fused-op statistics or hidden states of the old pass (Lp-Reg, THR/NTHR),
+    no `token_stat_scope: global` (it prepares on pi_old), no KL in the reward (the advantages read pi_old).
+    The update then forwards log-probs and entropy once, stores them as `old_logprobs` / `old_entropy`, and the
+    old pass's metrics (`actor/entropy`, `mismatch/*`) come from them (`finish_update`). The reference
+    log-probs, if the algorithm needs them, are still computed before the update (`old_pass(policy=False)`).
+    """
+    req, c = algorithm.stats, algorithm.cfg
+    return (cfg.train.skip_old_pass and cfg.train.ppo_epochs == 1 and len(plans) == 1 and not req.old_kernel_stats
+            and not req.old_hidden and c.token_stat_scope != "global" and not (c.kl.coef > 0 and
+                                                                               c.kl.placement == "reward"))
+
+
 @torch.no_grad()
 def old_pass(shell: Shell, batch: RolloutBatch, request: StatRequest, plans: list[MiniPlan],
-             rank: int = 0) -> dict:
-    """pi_old (and pi_ref) statistics of this rank's real rows: {"rows": [n], stat: [n, T(, H)]}.
+             rank: int = 0, policy: bool = True) -> dict:
+    """pi_old (and pi_ref) statistics of this rank's real rows: {"rows": [n], stat: [n, T(, H)]}; with
+    `policy=False` (`skips_old_pass`) only the reference log-probs.
 
     Padding micro-batches (ranks with fewer rows) run their forward too, so ZeRO-3 gathers stay in lockstep.
     """
-    want = request.old_want
+    if not policy and not request.ref_logprobs:
+        return {"rows": []}
+    want = request.old_want if policy else ()
     kernel_options = dict(request.kernel_options) or None
     rows: list[int] = []
     parts: dict[str, list[Tensor]] = {}
@@ -111,9 +134,10 @@ def old_pass(shell: Shell, batch: RolloutBatch, request: StatRequest, plans: lis
         for plan in plans:
             for spec in plan.micro[rank]:
                 mb = make_micro_batch(batch, list(spec.rows), shell.pad_id)
-                stats = shell.forward(mb, want, request.old_hidden, kernel_options)
-                names = list(want) + (["hidden"] if request.old_hidden else [])
-                out = {k: stats[k] for k in names}
+                out = {}
+                if policy:
+                    stats = shell.forward(mb, want, request.old_hidden, kernel_options)
+                    out = {k: stats[k] for k in list(want) + (["hidden"] if request.old_hidden else [])}
                 if request.ref_logprobs:
                     out["ref_logp"] = shell.ref_logprobs(mb)
                 if not spec.real:
@@ -147,6 +171,8 @@ def store_old_stats(batch: RolloutBatch, parts: list[dict], request: StatRequest
                 merged[key] = torch.zeros((B, T) + tuple(v.shape[2:]), dtype=v.dtype)
             merged[key][idx] = v
     batch.stats.update(merged)
+    if "old_logprobs" not in merged:  # the old pass was left out (`skips_old_pass`): metrics after the update
+        return {}
     metrics = mismatch_metrics(merged["old_logprobs"], batch.rollout_logprobs, batch.mask)  # sampler vs trainer
     metrics["actor/entropy"] = masked_mean(merged["old_entropy"], batch.mask).item()
     return metrics
@@ -212,19 +238,43 @@ def prepare_scope(shell: Shell, batch: RolloutBatch, rows: list[int], algorithm:
 
 # ---- the update --------------------------------------------------------------------------------------------------
 @dataclass
-class UpdatePart:
-    """One rank's share of a step's update, reduced by `reduce_update`."""
+class StepSums:
+    """What a rank's applied optimizer steps of one update add up (policy and critic alike); `reduce_sums`."""
 
     sums: dict[str, float] = field(default_factory=dict)  # token-weighted metric sums
     weight: float = 0.0  # tokens behind `sums`
     losses: list[float] = field(default_factory=list)  # this rank's share of each applied mini-batch loss
     grad_norms: list[float] = field(default_factory=list)  # global pre-clip norm of each applied step
+
+
+def reduce_sums(parts: list[StepSums]) -> tuple[dict[str, float], float, float]:
+    """(token-weighted metric means, mean mini-batch loss, mean gradient norm) over every rank's part; NaN loss and
+    norm when no step was applied. A mini-batch's loss is the sum of the ranks' shares; its gradient norm is the
+    global one, the same on every rank."""
+    weight = sum(p.weight for p in parts)
+    sums: dict[str, float] = {}
+    for p in parts:
+        for k, v in p.sums.items():
+            sums[k] = sums.get(k, 0.0) + v
+    means = {k: v / max(weight, 1.0) for k, v in sums.items()}
+    mini_losses = [sum(vals) for vals in zip(*(p.losses for p in parts))]
+    grad_norms = parts[0].grad_norms
+    loss = sum(mini_losses) / len(mini_losses) if mini_losses else math.nan
+    norm = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
+    return means, loss, norm
+
+
+@dataclass
+class UpdatePart(StepSums):
+    """One rank's share of a step's update, reduced by `reduce_update`."""
+
     skipped_steps: int = 0  # cumulative (the shell's counter)
     consecutive_skipped: int = 0  # optimizer steps skipped in a row, up to now (the shell's counter)
     param_max_abs: float = math.nan  # max |theta| after the last applied step (NaN: no step applied)
     stop: health.Stop | None = None  # why the update ended early; `reduce_update` raises it
     lr: float = 0.0
     algorithm_state: dict | None = None
+    old_stats: dict | None = None  # `skips_old_pass`: this rank's rows' pi_old log-probs / entropy, as `old_pass`
 
 
 @dataclass
@@ -297,6 +347,11 @@ def update(shell: Shell, batch: RolloutBatch, algorithm: Algorithm, plans: list[
     budget = cfg.train.micro_batch_tokens_per_worker
     ctx = LossContext(req, cfg.rollout.temperature, shell.head_weight() if req.old_hidden else None)
     out = UpdatePart(skipped_steps=skipped_before, consecutive_skipped=consecutive_before)
+    on_policy = skips_old_pass(cfg, algorithm, plans)
+    want = ("logp", "entropy") if on_policy else req.train_want
+    if on_policy:  # filled by the forward below, before each micro-batch's loss reads them
+        batch.stats["old_logprobs"] = torch.zeros_like(batch.mask, dtype=torch.float32)
+        batch.stats["old_entropy"] = torch.zeros_like(batch.mask, dtype=torch.float32)
     algorithm.begin_update(rank)
     if scope == "global":
         prepare_scope(shell, batch, list(range(len(batch))), algorithm, ctx, current=False, micro_budget=budget)
@@ -311,11 +366,15 @@ def update(shell: Shell, batch: RolloutBatch, algorithm: Algorithm, plans: list[
                                    num_seqs=(mask.sum(-1) > 0).sum().clamp_min(1).item())
 
             def forward(mb):
-                stats = shell.forward(mb, req.train_want)
+                stats = shell.forward(mb, want)
+                if on_policy:
+                    for key, name in (("old_logprobs", "logp"), ("old_entropy", "entropy")):
+                        batch.stats[key][mb.index] = stats[name].detach().to(batch.stats[key].dtype)
                 return stats, stats["logp"]
 
             def loss_of(mb, stats):
-                return algorithm.loss(loss_inputs(batch, mb.index, stats["logp"], stats.get("entropy"), ctx), norm)
+                entropy = stats.get("entropy") if req.entropy else None
+                return algorithm.loss(loss_inputs(batch, mb.index, stats["logp"], entropy, ctx), norm)
 
             res = accumulate_mini_batch(shell, batch, plan.micro[rank], forward, loss_of, rank)
             grad_norm = shell.step(res.finite)
@@ -325,21 +384,29 @@ def update(shell: Shell, batch: RolloutBatch, algorithm: Algorithm, plans: list[
             if grad_norm is not None:
                 record_step(out, grad_norm, res)
     out.algorithm_state = algorithm.state_dict()
+    if on_policy:
+        rows = [r for spec in plans[0].micro[rank] if spec.real for r in spec.rows]
+        idx = torch.tensor(rows, dtype=torch.long)
+        out.old_stats = {"rows": rows, "logp": batch.stats["old_logprobs"][idx].cpu(),
+                         "entropy": batch.stats["old_entropy"][idx].cpu()}
     return out
 
 
+def finish_update(batch: RolloutBatch, parts: list[UpdatePart], lr: float, request: StatRequest) -> dict[str, float]:
+    """The step's update metrics from every rank's part (`reduce_update`); when the old pass was left out
+    (`skips_old_pass`), also store the ranks' pi_old rows in `batch.stats` and add the old pass's metrics."""
+    metrics = {}
+    if parts[0].old_stats is not None:
+        metrics = store_old_stats(batch, [p.old_stats for p in parts], request)
+    return {**metrics, **reduce_update(parts, lr)}
+
+
 def reduce_update(parts: list[UpdatePart], lr: float) -> dict[str, float]:
-    """The step's metrics: token-weighted part metrics, mean mini-batch loss and gradient norm, lr, skips."""
-    weight = sum(p.weight for p in parts)
-    sums: dict[str, float] = {}
-    for p in parts:
-        for k, v in p.sums.items():
-            sums[k] = sums.get(k, 0.0) + v
-    out = {k: v / max(weight, 1.0) for k, v in sums.items()}
-    mini_losses = [sum(vals) for vals in zip(*(p.losses for p in parts))]  # the global loss of each mini-batch
-    grad_norms = parts[0].grad_norms  # the global norm: the same on every rank
-    out["actor/pg_loss"] = sum(mini_losses) / max(len(mini_losses), 1)
-    out["actor/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+    """The step's metrics: token-weighted part metrics, mean mini-batch loss and gradient norm (0 when every step
+    was skipped), lr, skips."""
+    out, loss, norm = reduce_sums(parts)
+    out["actor/pg_loss"] = 0.0 if math.isnan(loss) else loss
+    out["actor/grad_norm"] = 0.0 if math.isnan(norm) else norm
     out["actor/lr"] = lr
     out["actor/skipped_steps_total"] = float(parts[0].skipped_steps)
     out["actor/skipped_steps_consecutive"] = float(parts[0].consecutive_skipped)

@@ -22,7 +22,9 @@ Metrics: critic/value_loss (mean over the step's mini-batch steps), critic/clipf
 clipped term is the larger one), critic/grad_norm (pre-clip, mean over steps), critic/lr, critic/values_mean (V_old
 over valid tokens), critic/explained_variance = 1 - Var_m(R - V_old) / Var_m(R) over the step's valid tokens (verl
 `vf_explained_var`, + 1e-5 in the denominator: how much of the fresh batch's returns the critic predicted before updating on it),
-critic/skipped_steps_total. A non-finite value loss or gradient norm skips that critic step (counted).
+critic/skipped_steps_total. A non-finite value loss or gradient norm skips that critic step (counted); as many in a
+row as `train.max_consecutive_skipped_steps` (counted by the driver, checked after each critic update) stop the
+run (`TooManySkippedSteps`, creditrl/learner/health.py).
 
 The shells: `LocalCritic` (creditrl/learner/critic_local.py) on the local backend; on Ray, `DeepSpeedCritic`
 (creditrl/learner/critic_deepspeed.py): the value model in its own DeepSpeed engine inside every learner rank actor
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -44,7 +45,8 @@ from torch import Tensor
 
 from creditrl.algorithms.base import masked_mean
 from creditrl.learner.batch import MicroBatch, RolloutBatch, make_micro_batch
-from creditrl.learner.core import accumulate_mini_batch, record_step
+from creditrl.learner import health
+from creditrl.learner.core import StepSums, accumulate_mini_batch, record_step, reduce_sums
 from creditrl.learner.dp_split import MiniPlan
 
 log = logging.getLogger(__name__)
@@ -81,27 +83,34 @@ def critic_train_config(cfg):
 @dataclass
 class CriticProgress:
     """The critic's counters, kept by the driver on every backend and checkpointed: critic updates done (the
-    warm-up counter: the policy update is skipped while `warming_up`) and critic steps skipped as non-finite."""
+    warm-up counter: the policy update is skipped while `warming_up`) and critic steps skipped as non-finite, in
+    total and in a row (the skip budget `train.max_consecutive_skipped_steps` applies to the critic too)."""
 
     warmup_steps: int
     updates: int = 0
     skipped_steps: int = 0
+    consecutive_skipped: int = 0
 
     @property
     def warming_up(self) -> bool:
         """True while the steps done so far are all critic warm-up steps."""
         return self.updates <= self.warmup_steps
 
-    def record(self, part: "CriticPart") -> None:
-        """Count one critic update (`part`: any rank's share; its skip count is cumulative and equal on all)."""
+    def record(self, part: "CriticPart", budget: int | None) -> health.Stop | None:
+        """Count one critic update (`part`: any rank's share; the applied / skipped sequence is the same on every
+        rank); a `Stop` when the skips in a row reach `budget`."""
         self.updates += 1
-        self.skipped_steps = part.skipped_steps
+        for applied in part.applied:
+            self.consecutive_skipped = 0 if applied else self.consecutive_skipped + 1
+            self.skipped_steps += 0 if applied else 1
+        stop = health.check_skips(self.consecutive_skipped, budget)
+        return None if stop is None else health.Stop(stop.kind, f"critic: {stop.message}")
 
     def save(self, directory: Path) -> None:
         """`directory/progress.json` (a checkpoint's critic/ folder)."""
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / PROGRESS_FILE).write_text(json.dumps({"updates": self.updates,
-                                                           "skipped_steps": self.skipped_steps}))
+        (directory / PROGRESS_FILE).write_text(json.dumps({"updates": self.updates, "skipped_steps": self.skipped_steps,
+                                                           "consecutive_skipped": self.consecutive_skipped}))
 
     def load(self, directory: Path) -> None:
         path = directory / PROGRESS_FILE
@@ -110,6 +119,7 @@ class CriticProgress:
                                     f"by a run without a `critic:` section?")
         state = json.loads(path.read_text())
         self.updates, self.skipped_steps = int(state["updates"]), int(state["skipped_steps"])
+        self.consecutive_skipped = int(state.get("consecutive_skipped", 0))
 
 
 PROGRESS_FILE = "progress.json"
@@ -184,18 +194,14 @@ def explained_variance(returns: Tensor, values: Tensor, mask: Tensor) -> float:
 
 # ---- the update ----------------------------------------------------------------------------------------------------
 @dataclass
-class CriticPart:
+class CriticPart(StepSums):
     """One rank's share of a critic update, reduced by `reduce_update`."""
 
-    sums: dict[str, float] = field(default_factory=dict)  # token-weighted metric sums
-    weight: float = 0.0  # tokens behind `sums`
-    losses: list[float] = field(default_factory=list)  # this rank's share of each applied mini-batch loss
-    grad_norms: list[float] = field(default_factory=list)  # global pre-clip norm of each applied step
-    skipped_steps: int = 0  # cumulative
+    applied: list[bool] = field(default_factory=list)  # per critic step, in order: applied (True) or skipped
 
 
 def update(shell: CriticShell, batch: RolloutBatch, plans: list[MiniPlan], ppo_epochs: int,
-           cliprange: float | None, rank: int = 0, skipped_before: int = 0) -> CriticPart:
+           cliprange: float | None, rank: int = 0) -> CriticPart:
     """ppo_epochs x mini-batches of critic optimizer steps over this rank's micro-batches.
 
     Needs `batch.stats["old_values"]` (`store_values`) and `batch.stats["returns"]` (GAE's R_t).
@@ -203,7 +209,7 @@ def update(shell: CriticShell, batch: RolloutBatch, plans: list[MiniPlan], ppo_e
     if "returns" not in batch.stats or "old_values" not in batch.stats:
         raise ValueError("the critic update needs batch.stats old_values and returns (algorithm.advantage gae)")
     old, returns = batch.stats["old_values"], batch.stats["returns"]
-    out = CriticPart(skipped_steps=skipped_before)
+    out = CriticPart()
     for _ in range(ppo_epochs):
         for plan in plans:
             num_tokens = batch.mask[list(plan.rows)].sum().clamp_min(1).item()
@@ -217,30 +223,32 @@ def update(shell: CriticShell, batch: RolloutBatch, plans: list[MiniPlan], ppo_e
 
             res = accumulate_mini_batch(shell, batch, plan.micro[rank], forward, loss_of, rank, "critic loss")
             grad_norm = shell.step(res.finite)
+            out.applied.append(grad_norm is not None)
             if grad_norm is None:
-                out.skipped_steps += 1
-                log.warning("rank %d: non-finite critic loss or gradient norm: critic step skipped (%d so far)", rank,
-                            out.skipped_steps)
+                log.warning("rank %d: non-finite critic loss or gradient norm: critic step skipped", rank)
                 continue
             record_step(out, grad_norm, res)
     return out
 
 
-def reduce_update(parts: list[CriticPart], lr: float, batch: RolloutBatch) -> dict[str, float]:
+def finish_update(parts: list[CriticPart], lr: float, batch: RolloutBatch, progress: CriticProgress,
+                  budget: int | None) -> dict[str, float]:
+    """What a driver does with the ranks' shares of one critic update: count it in `progress`, reduce the
+    metrics, and raise `TooManySkippedSteps` (with the metrics) when the skip budget is used up."""
+    stop = progress.record(parts[0], budget)
+    metrics = reduce_update(parts, lr, batch, progress)
+    if stop is not None:
+        raise stop.error(metrics)
+    return metrics
+
+
+def reduce_update(parts: list[CriticPart], lr: float, batch: RolloutBatch,
+                  progress: CriticProgress) -> dict[str, float]:
     """The step's critic metrics: loss, clip fraction, gradient norm, lr, skips, and the explained variance of the
     old values (before this step's update) on the step's returns."""
-    weight = sum(p.weight for p in parts)
-    sums: dict[str, float] = {}
-    for p in parts:
-        for k, v in p.sums.items():
-            sums[k] = sums.get(k, 0.0) + v
-    out = {k: v / max(weight, 1.0) for k, v in sums.items()}
-    mini_losses = [sum(vals) for vals in zip(*(p.losses for p in parts))]
-    grad_norms = parts[0].grad_norms
-    out["critic/value_loss"] = sum(mini_losses) / len(mini_losses) if mini_losses else math.nan
-    out["critic/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
+    out, out["critic/value_loss"], out["critic/grad_norm"] = reduce_sums(parts)
     out["critic/lr"] = lr
-    out["critic/skipped_steps_total"] = float(parts[0].skipped_steps)
+    out["critic/skipped_steps_total"] = float(progress.skipped_steps)
     out["critic/explained_variance"] = explained_variance(batch.stats["returns"], batch.stats["old_values"],
                                                           batch.mask)
     return out

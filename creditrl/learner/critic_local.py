@@ -60,9 +60,9 @@ class LocalCritic:
         """ppo_epochs x mini-batches of critic steps against `batch.stats["returns"]`; the step's metrics."""
         self.optimizer.zero_grad(set_to_none=True)
         part = critic_core.update(self, batch, core.plan_batch(batch, self.cfg), self.cfg.train.ppo_epochs,
-                                  self.ccfg.cliprange_value, skipped_before=self.progress.skipped_steps)
-        self.progress.record(part)
-        return critic_core.reduce_update([part], self.scheduler.get_last_lr()[0], batch)
+                                  self.ccfg.cliprange_value)
+        return critic_core.finish_update([part], self.scheduler.get_last_lr()[0], batch, self.progress,
+                                         self.cfg.train.max_consecutive_skipped_steps)
 
     @property
     def warming_up(self) -> bool:

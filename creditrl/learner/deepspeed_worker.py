@@ -201,7 +201,8 @@ class DeepSpeedLearnerWorker:
     # ---- the learner step (creditrl/learner/core.py), on this rank's rows --------------------------------
     def compute_old_stats(self, batch: RolloutBatch, algorithm: Algorithm, plans: list[MiniPlan]) -> dict:
         """pi_old / pi_ref statistics of this rank's real rows (`core.old_pass`)."""
-        return core.old_pass(self, _batch_to(batch, self.device), algorithm.stats, plans, self.rank)
+        return core.old_pass(self, _batch_to(batch, self.device), algorithm.stats, plans, self.rank,
+                             policy=not core.skips_old_pass(self.cfg, algorithm, plans))
 
     def update(self, batch: RolloutBatch, algorithm: Algorithm, plans: list[MiniPlan]) -> core.UpdatePart:
         """This rank's share of the step's update (`core.update`); the group reduces the shares."""
@@ -216,11 +217,10 @@ class DeepSpeedLearnerWorker:
         """V_old of this rank's real rows (`critic.old_values`)."""
         return critic_core.old_values(self.critic, _batch_to(batch, self.device), plans, self.rank)
 
-    def critic_update(self, batch: RolloutBatch, plans: list[MiniPlan],
-                      skipped_before: int) -> tuple[critic_core.CriticPart, float]:
+    def critic_update(self, batch: RolloutBatch, plans: list[MiniPlan]) -> tuple[critic_core.CriticPart, float]:
         """This rank's share of the critic update (`critic.update`) and the critic's learning rate."""
         part = critic_core.update(self.critic, _batch_to(batch, self.device), plans, self.cfg.train.ppo_epochs,
-                                  self.cfg.critic.cliprange_value, self.rank, skipped_before)
+                                  self.cfg.critic.cliprange_value, self.rank)
         return part, self.critic.engine.get_lr()[0]
 
     def preference_update(self, pairs: Sequence[Pair], plan: pref.Plan) -> pref.PairUpdatePart:

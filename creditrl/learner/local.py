@@ -117,7 +117,9 @@ class LocalLearner:
     # ---- the Learner protocol ----------------------------------------------------------------------------
     def compute_old_stats(self, batch: RolloutBatch, algorithm: Algorithm) -> dict[str, float]:
         """Fill batch.stats with pi_old / pi_ref statistics (`core.store_old_stats`); returns metrics."""
-        part = core.old_pass(self, batch, algorithm.stats, core.plan_batch(batch, self.cfg))
+        plans = core.plan_batch(batch, self.cfg)
+        part = core.old_pass(self, batch, algorithm.stats, plans,
+                             policy=not core.skips_old_pass(self.cfg, algorithm, plans))
         return core.store_old_stats(batch, [part], algorithm.stats)
 
     def update(self, batch: RolloutBatch, algorithm: Algorithm) -> dict[str, float]:
@@ -126,7 +128,7 @@ class LocalLearner:
         part = core.update(self, batch, algorithm, core.plan_batch(batch, self.cfg), self.cfg,
                            skipped_before=self.skipped_steps, consecutive_before=self.consecutive_skipped)
         self.skipped_steps, self.consecutive_skipped = part.skipped_steps, part.consecutive_skipped
-        return core.reduce_update([part], self.scheduler.get_last_lr()[0])
+        return core.finish_update(batch, [part], self.scheduler.get_last_lr()[0], algorithm.stats)
 
     def preference_update(self, pairs: Sequence[Pair]) -> dict[str, float]:
         """One optimizer step on a batch of preference pairs (`preference.update`); returns its metrics."""

@@ -64,3 +64,68 @@ def test_tiny_ppo_recipe_loads():
 
     cfg = load_config("tiny_ppo")
     assert cfg.algorithm.advantage.name == "gae" and cfg.critic is not None
+
+
+class _ConstShell:
+    """A critic shell whose values are one learnable scalar per token position (no model), on the real core."""
+
+    pad_id = 0
+
+    def __init__(self, T: int):
+        self.v = torch.nn.Parameter(torch.zeros(T))
+        self.steps: list[bool] = []
+
+    def values(self, mb):
+        return self.v[: mb.mask.shape[1]].expand_as(mb.mask) * mb.mask
+
+    def backward(self, loss):
+        loss.backward()
+
+    def step(self, finite):
+        ok = finite and self.v.grad is not None and bool(torch.isfinite(self.v.grad).all())
+        self.v.grad = None
+        self.steps.append(ok)
+        return 1.0 if ok else None
+
+    def set_train(self, mode):
+        pass
+
+
+def _batch(returns: torch.Tensor):
+    from creditrl.learner.batch import RolloutBatch
+
+    B, T = returns.shape
+    mask = torch.ones(B, T)
+    batch = RolloutBatch(prompt_ids=[[1, 2]] * B, response_ids=torch.full((B, T), 3), mask=mask,
+                         rollout_logprobs=torch.zeros(B, T), rewards=torch.zeros(B), group_ids=torch.arange(B),
+                         prompt_keys=[str(i) for i in range(B)], finished=torch.ones(B, dtype=torch.bool))
+    batch.stats.update(old_values=torch.zeros(B, T), returns=returns)
+    return batch
+
+
+def test_non_finite_critic_steps_are_skipped_counted_and_stop_the_run_at_the_budget():
+    from creditrl.learner import critic
+    from creditrl.learner.dp_split import plan_step
+    from creditrl.learner.health import TooManySkippedSteps
+
+    shell, progress = _ConstShell(3), critic.CriticProgress(warmup_steps=0)
+    good, bad = _batch(torch.ones(4, 3)), _batch(torch.full((4, 3), float("nan")))
+    plans = plan_step([5] * 4, 2, 1, 64)  # 2 mini-batches of 2 rows: 2 critic steps per update
+
+    def one(batch):
+        part = critic.update(shell, batch, plans, ppo_epochs=1, cliprange=None)
+        return critic.finish_update([part], 1e-3, batch, progress, budget=3)
+
+    m = one(good)
+    assert shell.steps == [True, True] and m["critic/skipped_steps_total"] == 0 and m["critic/value_loss"] > 0
+    m = one(bad)  # 2 skipped in a row: under the budget of 3
+    assert shell.steps[-2:] == [False, False] and m["critic/skipped_steps_total"] == 2
+    assert progress.consecutive_skipped == 2
+    # checked after each critic update (the driver's counters): 2 + 2 skips in a row >= 3
+    with pytest.raises(TooManySkippedSteps, match="critic: 4 optimizer steps in a row") as err:
+        one(bad)
+    assert err.value.metrics["critic/skipped_steps_total"] == 4
+    one_more = critic.CriticProgress(warmup_steps=0)
+    one_more.consecutive_skipped = 5
+    part = critic.CriticPart(applied=[True])
+    assert one_more.record(part, budget=3) is None and one_more.consecutive_skipped == 0  # an applied step resets it

@@ -404,7 +404,7 @@ def test_check_recipe_with_verl_data_and_system_prompt(tmp_path, models):
     validate(chat, "data.template=auto", "data.system_prompt='be brief'")
     with pytest.raises(DataError, match=r"data\.train_files\[0\]=.*verl\.parquet row 0: field 'prompt' "
                                         r"\(data\.prompt_field\) is a list of messages, but data\.template='\{prompt\}'"):
-        validate(chat)  # tiny_grpo sets template: "{prompt}"
+        validate(chat, 'data.template="{prompt}"')
     with pytest.raises(DataError, match=rf"is a list of messages, but the tokenizer of {plain} has no chat template"):
         validate(plain, "data.template=auto")
     with pytest.raises(ModelLoadError, match=r"data\.system_prompt .*\(override.*needs a chat template, but the "

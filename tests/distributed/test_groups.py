@@ -34,8 +34,8 @@ def groups(local_ray, tiny_files):
     from creditrl.distributed.weight_sync import WeightSync
     from creditrl.models.build import load_tokenizer
 
-    cfg = _cfg(tiny_files)
-    tok = load_tokenizer(str(tiny_files.model))
+    cfg = _cfg(tiny_files, "train.skip_old_pass=false")  # the old pass itself is compared below (the on-policy
+    tok = load_tokenizer(str(tiny_files.model))          # shortcut: tests/parity/test_on_policy_shortcut.py)
     with started_groups(cfg, tok) as (learner, rollout):
         sync = WeightSync(learner, rollout, bucket_bytes=64 << 10, adapter_only=False)  # small: several buckets
         yield cfg, tok, learner, rollout, sync

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from creditrl.registry import PartSpec
 from creditrl.rewards import REWARDS, RewardConfigError, RewardManager, RewardSample
 from creditrl.rewards.custom import BatchCaller, CustomRewardConfig
 FNS = str(Path(__file__).with_name("reward_fns.py"))
