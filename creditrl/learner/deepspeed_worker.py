@@ -125,7 +125,7 @@ class DeepSpeedLearnerWorker:
                                                     model_parameters=params, config=deepspeed_config(cfg))
         self.params = params
         self.critic = None  # PPO with GAE: the value model's own engine on this rank (critic_deepspeed.py)
-        if cfg.critic is not None and cfg.preference is None:
+        if cfg.critic is not None:  # never with preference: (config check_critic)
             from creditrl.learner.critic_deepspeed import DeepSpeedCritic
 
             self.critic = DeepSpeedCritic(cfg, world_size, self.device, pad_id)

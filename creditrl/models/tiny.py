@@ -41,6 +41,12 @@ class TinyModelSpec:
     intermediate_size: int = 384
     max_position_embeddings: int = 128
 
+    def config_kwargs(self, vocab_size: int) -> dict:
+        """The sizes of a transformers model config (LlamaConfig, Qwen2Config) of this spec."""
+        return dict(vocab_size=vocab_size, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
+                    num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads,
+                    num_key_value_heads=self.num_kv_heads, max_position_embeddings=self.max_position_embeddings)
+
 
 def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec(), seed: int = 0) -> Path:
     """Create tokenizer + randomly initialised Llama model and `save_pretrained` both into `out_dir`."""
@@ -50,13 +56,7 @@ def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec(),
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_char_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        max_position_embeddings=spec.max_position_embeddings,
+        **spec.config_kwargs(len(tokenizer)),
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -121,13 +121,7 @@ def build_tiny_chat_model(out_dir: str | Path, spec: TinyModelSpec = TinyModelSp
     tokenizer = build_bpe_chat_tokenizer(corpus)
     end_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
     config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        max_position_embeddings=max(spec.max_position_embeddings, 256),
+        **{**spec.config_kwargs(len(tokenizer)), "max_position_embeddings": max(spec.max_position_embeddings, 256)},
         tie_word_embeddings=False,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

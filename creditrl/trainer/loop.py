@@ -303,7 +303,7 @@ class RLSteps:
         batch, metrics = generate_and_score(self.cfg, step, runtime.engine, self.sampler, self.train_data,
                                             self.tokenizer, self.rewards, timing)
         runtime.before_learn()
-        metrics.update(learn(batch, runtime.learner, self.algorithm, timing, getattr(runtime, "critic", None)))
+        metrics.update(learn(batch, runtime.learner, self.algorithm, timing, runtime.critic))
         self._batch = batch
         return metrics
 
@@ -400,7 +400,7 @@ def _run(cfg: RecipeConfig, console, run_dir: Path, config_yaml: str, runtime: R
     eval_before: dict[str, float] = {}
     resume_from = ckpt.resolve_resume(cfg.checkpoint.resume, run_dir)
     if resume_from is not None:
-        state = ckpt.restore(resume_from, learner, getattr(runtime, "critic", None))
+        state = ckpt.restore(resume_from, learner, runtime.critic)
         kind.load_state_dict(state)
         start_step, eval_before = state["step"], state.get("eval_before", {})
         console.print(f"[bold]resumed[/] from {resume_from} at step {start_step}")
@@ -439,7 +439,7 @@ def _run(cfg: RecipeConfig, console, run_dir: Path, config_yaml: str, runtime: R
             if step == total or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
                 state = {**kind.state_dict(), "eval_before": eval_before}
                 metrics["timing_s/save_checkpoint"] = save_step(run_dir, step, learner, tokenizer, state,
-                                                                config_yaml, cfg, getattr(runtime, "critic", None))
+                                                                config_yaml, cfg, runtime.critic)
             writer.write(step, metrics)
             if cfg.logging.samples_every and step % cfg.logging.samples_every == 0 and hasattr(kind, "sample_rows"):
                 writer.write_samples(step, kind.sample_rows(cfg.logging.samples_per_step))

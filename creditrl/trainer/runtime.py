@@ -35,6 +35,7 @@ class Runtime(Protocol):
 
     learner: Learner
     engine: RolloutEngine  # generate(prompt_ids, SamplingParams) -> RolloutOutput
+    critic: object | None  # PPO with GAE: LocalCritic / RayCritic (creditrl/learner/critic.py); None otherwise
 
     def sync(self, version: int) -> dict[str, float]:
         """Make the rollout engine(s) generate with the learner's current weights, tagged `version`; metrics."""
