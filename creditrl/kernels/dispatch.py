@@ -151,6 +151,7 @@ def linear_token_stats(
     chunk_size: int | None = None,
     vocab_limit: int | None = None,
     workspace_bytes: int | None = None,
+    gemm_precision: str | None = None,
 ) -> TokenStats:
     """Per-token statistics of softmax(hidden @ weight.T / T) without holding the [N, V] logits.
 
@@ -166,6 +167,9 @@ def linear_token_stats(
         chunk_size: rows per chunk of the chunked backend (default: from `workspace_bytes`).
         vocab_limit: use only the first `vocab_limit` rows of the weights (padded vocabularies; kernels.md §5.4).
         workspace_bytes: logits workspace budget of the chunked / Triton backward.
+        gemm_precision: CPU GEMM operands of the chunked backend: "auto" | "fp32" | "bf16" | "bf16-backward"
+            (creditrl/kernels/chunked.py; None = its default, "auto": bf16 only for bf16 inputs on a CPU that
+            multiplies bf16 natively).
 
     Returns:
         TokenStats of fp32 [N] tensors (float64 for float64 inputs). Under `torch.no_grad()` the values are
@@ -208,7 +212,8 @@ def linear_token_stats(
         values = naive_token_stats(h, weight, rows, plan, *(ref_pair or (None, None)))
     elif name == "chunked":
         values = chunked_token_stats(h, weight, rows, plan, *(ref_pair or (None, None)),
-                                     chunk_size=chunk_size, workspace_bytes=workspace_bytes)
+                                     chunk_size=chunk_size, workspace_bytes=workspace_bytes,
+                                     gemm_precision=gemm_precision)
     else:
         from creditrl.kernels.triton_op import triton_token_stats  # imports triton (slow, optional)
 
