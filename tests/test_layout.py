@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "rewards": {"registry"},
     "config": {"algorithms", "registry", "rewards"},
     "data": {"config"},
-    "models": {"config"},
+    "models": {"config", "kernels"},  # kernels: the CPU bf16 probe (models/precision.py)
     "rollout": {"config", "models", "weights"},
     "learner": {"algorithms", "config", "kernels", "models", "weights"},
     "preference": {"algorithms", "config", "data", "kernels", "learner", "models", "rewards", "rollout"},

@@ -41,8 +41,14 @@ class LoraConfig:
 class ModelConfig:
     path: str = "tiny/sft"  # a local Hugging Face model directory (config.json + weights + tokenizer)
     dtype: Literal["float32", "bfloat16"] = "float32"  # parameter dtype
-    autocast_bf16: bool = False  # bf16 autocast for forward passes (fast on CPUs with AMX)
+    # bf16 autocast for CPU forward passes. null: on when the CPU multiplies bf16 natively (AMX / AVX512-BF16)
+    # and the hidden size is >= 256, where it measured faster (creditrl/models/precision.py); true / false force it
+    autocast_bf16: bool | None = None
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory, slower)
+    # torch.compile the learner's decoder forward (dynamic shapes; generation and the reference stay eager).
+    # Pays on long runs only: the tiny model compiles in ~40-90 s on 2 CPU cores and then runs forward + backward
+    # ~1.4x faster (docs/benchmarks.md). Not with resources.zero_stage 3.
+    compile: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)  # LoRA adapter settings
 
     def __post_init__(self):
@@ -155,6 +161,9 @@ class RolloutConfig:
     # string stays in the response, on both engines: docs/rollout.md#generation)
     stop: list[str] = field(default_factory=list)
     generation_batch_prompts: int = 64  # prompts per generate() call on one worker (memory knob; hf engine)
+    # hf engine: run each prompt's forward once for its n samples and repeat its KV cache (same samples as
+    # generate's own expansion; creditrl/rollout/hf_engine.py). vLLM shares prompts through enable_prefix_caching.
+    share_prompt_prefill: bool = True
     vllm: VLLMConfig = field(default_factory=VLLMConfig)  # used when engine is vllm
 
     def __post_init__(self):
@@ -205,6 +214,10 @@ class TrainConfig:
     # One epoch of one mini-batch is on-policy: take pi_old from the update's own forward instead of a separate
     # old-log-prob pass (same results and metrics; creditrl/learner/core.py `skips_old_pass`). false = always run it.
     skip_old_pass: bool = True
+    # Run each group's prompt once and its responses back to back without padding (block mask; creditrl/learner/
+    # batch.py). Same results up to float rounding; falls back to padded rows for FlashAttention / flex attention
+    # and sliding-window models. false = one padded row per sample.
+    pack_groups: bool = True
     dynamic_sampling_max_rounds: int = 3  # generation rounds per step at most, with dynamic_sampling
     # Training health (creditrl/learner/health.py). Stop the run after this many optimizer steps IN A ROW were
     # skipped for a non-finite loss or gradient norm (null = never stop).
@@ -517,6 +530,10 @@ class RecipeConfig:
         if self.model.lora.enabled and self.resources.weight_sync == "cuda_ipc":
             raise ValueError("resources.weight_sync=cuda_ipc sends full weights; with model.lora.enabled the "
                              "adapters are synced alone: use resources.weight_sync=auto (object_store) or broadcast")
+        if self.model.compile and self.resources.backend == "ray" and self.resources.zero_stage == 3:
+            raise ValueError("model.compile does not work with resources.zero_stage=3 (ZeRO-3 gathers parameters "
+                             "in module hooks that a compiled graph skips). Fix: model.compile=false, or "
+                             "resources.zero_stage=2")
         check_critic(self)
 
     @property

@@ -58,6 +58,7 @@ class Shell(Protocol):
     """What a learner backend supplies to the shared step."""
 
     pad_id: int
+    pack_width: int  # `make_micro_batch`'s packed-groups layout (the model's hidden size), 0 = padded rows
 
     def forward(self, mb: MicroBatch, want: tuple[str, ...], keep_hidden: bool = False,
                 kernel_options: dict | None = None) -> dict[str, Tensor]:
@@ -133,7 +134,7 @@ def old_pass(shell: Shell, batch: RolloutBatch, request: StatRequest, plans: lis
     try:
         for plan in plans:
             for spec in plan.micro[rank]:
-                mb = make_micro_batch(batch, list(spec.rows), shell.pad_id)
+                mb = make_micro_batch(batch, list(spec.rows), shell.pad_id, shell.pack_width)
                 out = {}
                 if policy:
                     stats = shell.forward(mb, want, request.old_hidden, kernel_options)
@@ -228,7 +229,8 @@ def prepare_scope(shell: Shell, batch: RolloutBatch, rows: list[int], algorithm:
         lengths = [len(batch.prompt_ids[i]) + int(batch.mask[i].sum()) for i in rows]
         with torch.no_grad():
             for part in partition_by_tokens(lengths, micro_budget):
-                st = shell.forward(make_micro_batch(batch, [rows[j] for j in part], shell.pad_id), ("logp", "entropy"))
+                mb = make_micro_batch(batch, [rows[j] for j in part], shell.pad_id, shell.pack_width)
+                st = shell.forward(mb, ("logp", "entropy"))
                 pos = torch.tensor(part, dtype=torch.long)
                 lp[pos], ent[pos] = st["logp"].cpu(), st["entropy"].cpu()
     else:
@@ -297,7 +299,7 @@ def accumulate_mini_batch(shell, batch: RolloutBatch, specs, forward, loss_of, r
     """
     res = MiniBatchResult()
     for spec in specs:
-        mb = make_micro_batch(batch, list(spec.rows), shell.pad_id)
+        mb = make_micro_batch(batch, list(spec.rows), shell.pad_id, shell.pack_width)
         out, anchor = forward(mb)
         if spec.real and res.finite:
             loss, metrics = loss_of(mb, out)

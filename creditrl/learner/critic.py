@@ -56,6 +56,7 @@ class CriticShell(Protocol):
     """What a critic backend supplies to the shared critic step."""
 
     pad_id: int
+    pack_width: int  # as the policy Shell's (creditrl/learner/core.py)
 
     def values(self, mb: MicroBatch) -> Tensor:
         """V_t of the micro-batch's response tokens [b, T] (fp32, 0 at padding); grad-enabled in update."""
@@ -135,7 +136,7 @@ def old_values(shell: CriticShell, batch: RolloutBatch, plans: list[MiniPlan], r
     try:
         for plan in plans:
             for spec in plan.micro[rank]:
-                v = shell.values(make_micro_batch(batch, list(spec.rows), shell.pad_id))
+                v = shell.values(make_micro_batch(batch, list(spec.rows), shell.pad_id, shell.pack_width))
                 if spec.real:
                     rows += list(spec.rows)
                     parts.append(v.detach().float().cpu())

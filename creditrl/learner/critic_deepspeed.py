@@ -18,11 +18,12 @@ import torch
 from torch import Tensor
 
 from creditrl.config import RecipeConfig
-from creditrl.learner.batch import MicroBatch, scatter_tokens
+from creditrl.learner.batch import MicroBatch, model_inputs, packing_width, scatter_tokens
 from creditrl.learner.critic import critic_train_config
 from creditrl.learner.deepspeed_worker import DS_CHECKPOINT_DIR, DS_TAG, _to_device, deepspeed_step
 from creditrl.learner.ds_config import deepspeed_config
 from creditrl.models.build import build_optimizer, build_value_model
+from creditrl.models.precision import use_bf16_autocast
 
 
 class DeepSpeedCritic:
@@ -36,6 +37,7 @@ class DeepSpeedCritic:
         self.model = build_value_model(ccfg.path or cfg.model.path, cfg.model.dtype,
                                        cfg.model.gradient_checkpointing, seed=cfg.seed).to(device)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        self.pack_width = packing_width(cfg.train.pack_groups, self.model)
         optimizer, scheduler = build_optimizer(params, critic_train_config(cfg), max(cfg.train.steps, 1),
                                                cpu_offload=rc.offload_optimizer)
         self.engine, _, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, lr_scheduler=scheduler,
@@ -44,9 +46,9 @@ class DeepSpeedCritic:
 
     def values(self, mb: MicroBatch) -> Tensor:
         mb = _to_device(mb, self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.model.autocast_bf16):
-            logits = self.engine(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits  # [b, L, 1]
-        return scatter_tokens(logits[mb.rows, mb.positions, 0].float(), mb)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16_autocast(self.cfg.model)):
+            logits = self.engine(**model_inputs(mb, self.engine.module)).logits  # [r, L, 1]
+        return scatter_tokens(mb.gather(logits)[:, 0].float(), mb)
 
     def backward(self, loss: Tensor) -> None:
         self.engine.backward(loss * self.world)  # DeepSpeed averages over the ranks; the loss is a global share

@@ -16,9 +16,10 @@ from torch import Tensor
 from creditrl.config import RecipeConfig
 from creditrl.learner import core
 from creditrl.learner import critic as critic_core
-from creditrl.learner.batch import MicroBatch, RolloutBatch, scatter_tokens
+from creditrl.learner.batch import MicroBatch, RolloutBatch, model_inputs, packing_width, scatter_tokens
 from creditrl.learner.local import optimizer_step
 from creditrl.models.build import build_optimizer, build_value_model
+from creditrl.models.precision import use_bf16_autocast
 
 
 class LocalCritic:
@@ -31,15 +32,16 @@ class LocalCritic:
         self.model = build_value_model(self.ccfg.path or cfg.model.path, cfg.model.dtype,
                                        cfg.model.gradient_checkpointing, seed=cfg.seed)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.pack_width = packing_width(cfg.train.pack_groups, self.model)
         tc = critic_core.critic_train_config(cfg)
         self.optimizer, self.scheduler = build_optimizer(self.params, tc, max(cfg.train.steps, 1))
         self.progress = critic_core.CriticProgress(self.ccfg.warmup_steps)
 
     # ---- the CriticShell of creditrl/learner/critic.py ------------------------------------------------------------
     def values(self, mb: MicroBatch) -> Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.model.autocast_bf16):
-            logits = self.model(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits  # [b, L, 1]
-        return scatter_tokens(logits[mb.rows, mb.positions, 0].float(), mb)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16_autocast(self.cfg.model)):
+            logits = self.model(**model_inputs(mb, self.model)).logits  # [r, L, 1]
+        return scatter_tokens(mb.gather(logits)[:, 0].float(), mb)
 
     def backward(self, loss: Tensor) -> None:
         loss.backward()

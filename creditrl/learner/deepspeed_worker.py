@@ -46,11 +46,12 @@ from creditrl.weights.buckets import ObjectStoreTransport, is_adapter_tensor, pl
 from creditrl.learner import core, health
 from creditrl.learner import critic as critic_core
 from creditrl.learner import preference as pref
-from creditrl.learner.batch import MicroBatch, RolloutBatch
+from creditrl.learner.batch import MicroBatch, RolloutBatch, packing_width
 from creditrl.learner.pair_stats import ReferenceStats, pair_token_stats
 from creditrl.learner.pairs import Pair
 from creditrl.models.build import build_optimizer, build_policy, build_reference
-from creditrl.learner.token_stats import decoder_and_head, micro_batch_token_stats
+from creditrl.learner.token_stats import compiled_decoder, decoder_and_head, micro_batch_token_stats
+from creditrl.models.precision import use_bf16_autocast
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +73,19 @@ class TokenStatsModule(torch.nn.Module):
     `PairRequest`, the pair statistics of a preference micro-batch (reference lookup included: with LoRA the
     reference is this policy with its adapter disabled, whose lm_head ZeRO-3 gathers only inside this forward)."""
 
-    def __init__(self, policy, temperature: float, autocast_bf16: bool):
+    def __init__(self, policy, temperature: float, autocast_bf16: bool, compile_decoder: bool = False):
         super().__init__()
         self.policy = policy
         self.temperature, self.autocast_bf16 = temperature, autocast_bf16
+        # outside the module tree (a plain attribute): DeepSpeed sees each parameter once, under its own name
+        object.__setattr__(self, "decoder", compiled_decoder(policy) if compile_decoder else None)
 
     def forward(self, mb, want: tuple[str, ...] = (), keep_hidden: bool = False,
                 kernel_options: dict | None = None, pair: PairRequest | None = None) -> dict[str, Tensor]:
         if pair is not None:
             return pair_token_stats(self.policy, mb, pair.keys, pair.refs, pair.want_kl, self.autocast_bf16)
         return micro_batch_token_stats(self.policy, mb, self.temperature, want, self.autocast_bf16, kernel_options,
-                                       keep_hidden=keep_hidden)
+                                       keep_hidden=keep_hidden, decoder=self.decoder)
 
 
 def _param_full_numel(p) -> int:
@@ -114,7 +117,9 @@ class DeepSpeedLearnerWorker:
         self.pref = None  # preference runs: reference / cDPO models and their statistics caches, on this rank
         if cfg.preference is not None:
             self.pref = pref.build_preference_models(cfg, self.policy, self.device, partitioned=rc.zero_stage == 3)
-        self.module = TokenStatsModule(self.policy, cfg.rollout.temperature, cfg.model.autocast_bf16)
+        self.pack_width = packing_width(cfg.train.pack_groups, self.policy, self.ref)
+        self.module = TokenStatsModule(self.policy, cfg.rollout.temperature, use_bf16_autocast(cfg.model),
+                                       cfg.model.compile)
         if rc.zero_stage == 3:
             deepspeed.zero.register_external_parameter(self.module, decoder_and_head(self.policy)[1].weight)
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -159,7 +164,7 @@ class DeepSpeedLearnerWorker:
     def ref_logprobs(self, mb: MicroBatch) -> Tensor:
         if self.ref is not None:
             return micro_batch_token_stats(self.ref, _to_device(mb, self.device), self.cfg.rollout.temperature,
-                                           ("logp",), self.cfg.model.autocast_bf16)["logp"]
+                                           ("logp",), use_bf16_autocast(self.cfg.model))["logp"]
         with self._ref_context():
             return self.forward(mb, ("logp",))["logp"]
 
@@ -390,7 +395,8 @@ def _to_device(mb, device: torch.device):
     """A MicroBatch with its tensors on `device` (a no-op on CPU)."""
     if device.type == "cpu":
         return mb
-    return dataclasses.replace(mb, **{f.name: getattr(mb, f.name).to(device) for f in dataclasses.fields(mb)})
+    return dataclasses.replace(mb, **{f.name: getattr(mb, f.name).to(device) for f in dataclasses.fields(mb)
+                                      if getattr(mb, f.name) is not None})
 
 
 def _batch_to(batch: RolloutBatch, device: torch.device) -> RolloutBatch:

@@ -20,11 +20,12 @@ from creditrl.algorithms import Algorithm
 from creditrl.config import RecipeConfig
 from creditrl.learner import core, health
 from creditrl.learner import preference as pref
-from creditrl.learner.batch import MicroBatch, RolloutBatch
+from creditrl.learner.batch import MicroBatch, RolloutBatch, packing_width
 from creditrl.learner.pair_stats import ReferenceStats, pair_token_stats
 from creditrl.learner.pairs import Pair, plan_pairs
-from creditrl.learner.token_stats import decoder_and_head, micro_batch_token_stats
+from creditrl.learner.token_stats import compiled_decoder, decoder_and_head, micro_batch_token_stats
 from creditrl.models.build import build_optimizer, build_policy, build_reference
+from creditrl.models.precision import use_bf16_autocast
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class LocalLearner:
         rl_ref = cfg.preference is None and algorithm.stats.ref_logprobs
         self.ref = build_reference(cfg.model) if rl_ref else None
         self.pref = pref.build_preference_models(cfg, self.policy) if cfg.preference is not None else None
+        self.pack_width = packing_width(cfg.train.pack_groups, self.policy, self.ref)
+        self.decoder = compiled_decoder(self.policy) if cfg.model.compile else None  # None: the eager body
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
         self.total_optimizer_steps = total_optimizer_steps
         self.optimizer, self.scheduler = build_optimizer(self.params, cfg.train, total_optimizer_steps)
@@ -78,12 +81,13 @@ class LocalLearner:
     def forward(self, mb: MicroBatch, want: tuple[str, ...], keep_hidden: bool = False,
                 kernel_options: dict | None = None) -> dict[str, Tensor]:
         return micro_batch_token_stats(self.policy, mb, self.cfg.rollout.temperature, want,
-                                       self.cfg.model.autocast_bf16, kernel_options, keep_hidden=keep_hidden)
+                                       use_bf16_autocast(self.cfg.model), kernel_options, keep_hidden=keep_hidden,
+                                       decoder=self.decoder)
 
     def ref_logprobs(self, mb: MicroBatch) -> Tensor:
         if self.ref is not None:
             return micro_batch_token_stats(self.ref, mb, self.cfg.rollout.temperature, ("logp",),
-                                           self.cfg.model.autocast_bf16)["logp"]
+                                           use_bf16_autocast(self.cfg.model))["logp"]
         with self._ref_context():
             return self.forward(mb, ("logp",))["logp"]
 
@@ -112,7 +116,7 @@ class LocalLearner:
 
     def pair_stats(self, mb: MicroBatch, keys: list[str], refs: ReferenceStats, want_kl: bool) -> dict[str, Tensor]:
         """The `PairShell` forward of creditrl/learner/preference.py."""
-        return pair_token_stats(self.policy, mb, keys, refs, want_kl, self.cfg.model.autocast_bf16)
+        return pair_token_stats(self.policy, mb, keys, refs, want_kl, use_bf16_autocast(self.cfg.model))
 
     # ---- the Learner protocol ----------------------------------------------------------------------------
     def compute_old_stats(self, batch: RolloutBatch, algorithm: Algorithm) -> dict[str, float]:

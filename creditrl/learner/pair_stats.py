@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from creditrl.kernels import linear_token_stats
-from creditrl.learner.batch import MicroBatch, scatter_tokens
+from creditrl.learner.batch import MicroBatch, model_inputs, scatter_tokens
 from creditrl.learner.token_stats import decoder_and_head
 
 
@@ -35,8 +35,8 @@ def response_hidden(model, mb: MicroBatch, autocast_bf16: bool = False) -> Tenso
     """Hidden states [N, H] that predict the response tokens of the micro-batch (decoder body only)."""
     decoder, _ = decoder_and_head(model)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16):
-        hidden = decoder(input_ids=mb.input_ids, attention_mask=mb.attention_mask).last_hidden_state  # [b, L, H]
-    return hidden[mb.rows, mb.positions]
+        hidden = decoder(**model_inputs(mb, decoder)).last_hidden_state  # [r, L, H]
+    return mb.gather(hidden)
 
 
 def head_weight(model) -> Tensor:

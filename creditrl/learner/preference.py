@@ -42,6 +42,7 @@ from creditrl.learner.dp_split import MicroSpec
 from creditrl.learner.pair_stats import ReferenceStats, adapter_disabled_reference, frozen_reference
 from creditrl.learner.pairs import Pair, pair_batch
 from creditrl.models.build import build_reference
+from creditrl.models.precision import use_bf16_autocast
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,8 @@ def build_preference_models(cfg: RecipeConfig, policy, device: torch.device | st
         contrastive = (positive, negative, pc.cdpo_beta_ce)
     want_kl = pc.loss in ("tdpo1", "tdpo2") or pc.track_kl
     refs = ReferenceStats(reference, need_hidden=want_kl, cache=pc.cache_reference, contrastive=contrastive,
-                          autocast_bf16=mc.autocast_bf16, copy_head=copy_head)
-    eval_refs = ReferenceStats(reference, need_hidden=True, cache=True, autocast_bf16=mc.autocast_bf16,
+                          autocast_bf16=use_bf16_autocast(mc), copy_head=copy_head)
+    eval_refs = ReferenceStats(reference, need_hidden=True, cache=True, autocast_bf16=use_bf16_autocast(mc),
                                copy_head=copy_head)
     return PreferenceModels(refs, eval_refs, want_kl)
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from creditrl.kernels import linear_token_stats
-from creditrl.learner.batch import MicroBatch, response_columns, scatter_tokens
+from creditrl.learner.batch import MicroBatch, model_inputs, response_columns, scatter_tokens
 
 
 def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -20,18 +20,27 @@ def decoder_and_head(model) -> tuple[torch.nn.Module, torch.nn.Module]:
     return base.get_decoder(), base.get_output_embeddings()
 
 
+def compiled_decoder(model):
+    """`torch.compile` of the model's decoder body (`model.compile`): a wrapper that shares its parameters, so
+    the model's state dict, checkpoints and weight sync are untouched, and generation keeps the eager module.
+    Shapes change every step (packed widths), hence dynamic shapes."""
+    return torch.compile(decoder_and_head(model)[0], dynamic=True)
+
+
 def micro_batch_token_stats(
     model, mb: MicroBatch, temperature: float, want: tuple[str, ...], autocast_bf16: bool = False,
-    kernel_options: dict | None = None, keep_hidden: bool = False,
+    kernel_options: dict | None = None, keep_hidden: bool = False, decoder=None,
 ) -> dict[str, Tensor]:
     """Stats named in `want` (e.g. "logp", "entropy") as response-aligned [b, T] fp32 tensors.
 
     Gradients flow when called with grad enabled. `keep_hidden` also returns "hidden" [b, T, H] (detached).
+    `decoder`: the module to run instead of the model's own decoder body (`compiled_decoder`).
     """
-    decoder, head = decoder_and_head(model)
+    own, head = decoder_and_head(model)
+    decoder = decoder if decoder is not None else own
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16):
-        hidden = decoder(input_ids=mb.input_ids, attention_mask=mb.attention_mask).last_hidden_state  # [b, L, H]
-    h = hidden[mb.rows, mb.positions]  # [N, H]
+        hidden = decoder(**model_inputs(mb, own)).last_hidden_state  # [r, L, H]
+    h = mb.gather(hidden)  # [N, H]
     stats = linear_token_stats(h, head.weight, mb.targets, temperature=temperature, want=want,
                                **(kernel_options or {}))
     out: dict[str, Tensor] = {}

@@ -70,16 +70,12 @@ class RolloutOutput:
 
     def padded(self, pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
         """(response_ids [B, T] long, response_mask [B, T] float, logprobs [B, T] float32), right-padded."""
-        t = max((len(r) for r in self.response_ids), default=0)
-        t = max(t, 1)
-        ids = torch.full((len(self), t), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(self), t), dtype=torch.float32)
-        lps = torch.zeros((len(self), t), dtype=torch.float32)
-        for i, (r, lp) in enumerate(zip(self.response_ids, self.logprobs)):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1.0
-            lps[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
-        return ids, mask, lps
+        t = max(max((len(r) for r in self.response_ids), default=0), 1)
+        ids = torch.tensor([list(r) + [pad_id] * (t - len(r)) for r in self.response_ids], dtype=torch.long)
+        lps = torch.tensor([list(lp) + [0.0] * (t - len(lp)) for lp in self.logprobs], dtype=torch.float32)
+        lengths = torch.tensor([len(r) for r in self.response_ids], dtype=torch.long)
+        mask = (torch.arange(t) < lengths.unsqueeze(1)).float()
+        return ids.view(len(self), t), mask.view(len(self), t), lps.view(len(self), t)
 
     @staticmethod
     def concat(parts: list["RolloutOutput"]) -> "RolloutOutput":

@@ -13,6 +13,7 @@ import logging
 
 from creditrl.config.schema import RecipeConfig
 from creditrl.rollout.base import RolloutEngine
+from creditrl.models.precision import use_bf16_autocast
 
 log = logging.getLogger(__name__)
 
@@ -32,5 +33,6 @@ def make_rollout_engine(cfg: RecipeConfig, pad_id: int, eos_id: int, seed: int,
     from creditrl.rollout.hf_engine import HFGenerateEngine
 
     model = shared_model if shared_model is not None else build_policy(cfg.model, trainable=False)
-    return HFGenerateEngine(model, pad_id, eos_id, cfg.rollout.generation_batch_prompts, cfg.model.autocast_bf16,
-                            tokenizer=cfg.model.path)  # loaded only for stop strings
+    return HFGenerateEngine(model, pad_id, eos_id, cfg.rollout.generation_batch_prompts, use_bf16_autocast(cfg.model),
+                            tokenizer=cfg.model.path,  # loaded only for stop strings
+                            share_prompts=cfg.rollout.share_prompt_prefill)

@@ -23,6 +23,28 @@ from creditrl.rollout.stopping import StopStringCriteria, first_stop
 log = logging.getLogger(__name__)
 
 
+def generation_positions(attention: Tensor) -> Tensor:
+    """Position ids of left-padded rows, as `generate` derives them: real tokens count from 0, padding is 0."""
+    return (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)  # [P, L]
+
+
+@torch.no_grad()
+def shared_prompt_cache(model, input_ids: Tensor, attention: Tensor, n: int):
+    """The KV cache of every prompt but its last token, computed once per prompt and repeated for its n samples.
+
+    `generate` expands each prompt n times before its first forward, so the prompt's tokens would run n times;
+    here they run once and the cache rows are repeated (`batch_repeat_interleave`). `generate` then feeds only the
+    last prompt token of each of the P*n rows (it skips what the cache holds), samples from the same logits in
+    the same row order and so draws the same random numbers: the tokens are those of the plain call up to float
+    rounding in the prompt's forward.  [P, L] -> cache of [P*n, L-1]
+    """
+    ctx, ctx_mask = input_ids[:, :-1], attention[:, :-1]
+    cache = model(input_ids=ctx, attention_mask=ctx_mask, position_ids=generation_positions(ctx_mask),
+                  use_cache=True, logits_to_keep=1).past_key_values  # no [P, L, V] logits: only the cache is used
+    cache.batch_repeat_interleave(n)
+    return cache
+
+
 class HFGenerateEngine:
     """A rollout engine around a `PreTrainedModel` (or a PEFT model wrapping one).
 
@@ -31,14 +53,16 @@ class HFGenerateEngine:
     """
 
     def __init__(self, model, pad_id: int, eos_id: int | None, batch_prompts: int = 64, autocast_bf16: bool = False,
-                 tokenizer=None):
+                 tokenizer=None, share_prompts: bool = True):
         """`tokenizer`: a tokenizer or the path of a directory holding one (loaded on first use); needed only
-        for stop strings, which are matched on decoded text."""
+        for stop strings, which are matched on decoded text. `share_prompts`: run each prompt's forward once for
+        its n samples (`shared_prompt_cache`); False gives `generate`'s own expansion (the reference in tests)."""
         self.model = model
         self.pad_id, self.eos_id = pad_id, eos_id
         self._tokenizer = tokenizer
         self.batch_prompts = batch_prompts
         self.autocast_bf16 = autocast_bf16
+        self.share_prompts = share_prompts
         self.weight_version = 0
 
     @torch.no_grad()
@@ -88,6 +112,10 @@ class HFGenerateEngine:
             decode = self._decoder()
             kwargs["stopping_criteria"] = StoppingCriteriaList([StopStringCriteria(decode, params.stop, width)])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bf16):
+            if self.share_prompts and params.n > 1 and width > 1:  # each prompt's forward once, not once per sample
+                kwargs.update(num_return_sequences=1,
+                              past_key_values=shared_prompt_cache(self.model, input_ids, attention, params.n))
+                input_ids, attention = input_ids.repeat_interleave(params.n, 0), attention.repeat_interleave(params.n, 0)
             out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
         new_tokens = out.sequences[:, width:]  # [P*n, S]
         scores = torch.stack(out.scores, dim=1).float()  # [P*n, S, V] processed logits

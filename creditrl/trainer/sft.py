@@ -24,6 +24,7 @@ from creditrl.trainer.loop import seed_everything
 from creditrl.trainer.progress import StepProgress, make_console
 from creditrl.models.schedule import lr_factor
 from creditrl.learner.token_stats import micro_batch_token_stats
+from creditrl.models.precision import use_bf16_autocast
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def run_sft(cfg: RecipeConfig, console=None) -> dict[str, float]:
             rows = [train_data[i] for i in sampler.next_indices(sc.batch_size)]
             batch = sft_batch(rows, tokenizer, sc.answer_suffix, sc.answer_field)
             mb = make_micro_batch(batch, list(range(len(rows))), tokenizer.pad_token_id)
-            logp = micro_batch_token_stats(model, mb, 1.0, ("logp",), cfg.model.autocast_bf16)["logp"]
+            logp = micro_batch_token_stats(model, mb, 1.0, ("logp",), use_bf16_autocast(cfg.model))["logp"]
             loss = -(logp * mb.mask).sum() / mb.mask.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()

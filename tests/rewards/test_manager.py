@@ -113,6 +113,30 @@ def test_hard_timeout_kills_and_replaces_the_worker():
         pool.close()
 
 
+def test_a_hang_inside_a_chunk_fails_only_that_sample():
+    """12 samples on one worker go out in chunks of 3; the worker hangs on the 5th (a chunk's middle) with SIGALRM
+    blocked: only that sample fails, the ones queued behind it in the dead worker's pipe are scored by the next."""
+    from creditrl.rewards.base import build_rewards
+
+    pool = RewardProcessPool(build_rewards([custom("deaf_sleeper")]), workers=1, timeout_s=0.3, grace_s=0.5)
+    try:
+        start = time.monotonic()
+        results = dict(pool.map_unordered(samples(["fast"] * 4 + ["sleep:60"] + ["fast"] * 7)))
+        assert time.monotonic() - start < 10
+        assert sorted(results) == list(range(12))
+        assert results[4][0].failed and "worker killed after 0.8s" in results[4][0].reason
+        assert all(results[i] == [RewardResult(1.0)] for i in range(12) if i != 4)
+    finally:
+        pool.close()
+
+
+def test_a_crash_inside_a_chunk_fails_only_that_sample():
+    with manager([custom("crash")], executor="serial") as m:  # one worker, chunks of 2
+        batch = m.score(samples(["ok"] * 5 + ["crash"] + ["ok"] * 2))
+    assert batch.scores == [1.0] * 5 + [0.0] + [1.0] * 2
+    assert batch.failures == 1 and "reward worker died (exit code 3)" in batch.reasons[5][0]
+
+
 def test_a_dead_worker_fails_only_its_sample():
     with manager([custom("crash")], executor="process", workers=2) as m:
         batch = m.score(samples(["ok", "crash", "ok", "ok"]))

@@ -77,3 +77,28 @@ def test_update_weights_copies_by_name(model_and_tok):
     engine.update_weights([(name, old)], version=8)
     with pytest.raises(KeyError, match="no parameter"):
         engine.update_weights([("nope.weight", new)], version=9)
+
+
+@pytest.mark.parametrize("params", [SamplingParams(n=4, temperature=1.0, max_new_tokens=5, seed=11),
+                                    SamplingParams(n=3, temperature=0.8, top_k=5, max_new_tokens=4, seed=2)])
+def test_shared_prompt_prefill_samples_what_generate_samples(model_and_tok, params):
+    """Each prompt's forward once, its cache repeated per sample: the same tokens as `generate`'s own expansion
+    (same logits up to rounding, same random draws), with left padding and a one-token prompt in the batch."""
+    model, tok = model_and_tok
+    prompts = [tok("12+3=").input_ids, tok("1").input_ids, tok("99+99=").input_ids]
+    shared = HFGenerateEngine(model, tok.pad_token_id, tok.eos_token_id).generate(prompts, params)
+    plain = HFGenerateEngine(model, tok.pad_token_id, tok.eos_token_id, share_prompts=False).generate(prompts, params)
+    assert shared.response_ids == plain.response_ids and shared.prompt_index == plain.prompt_index
+    assert len(shared) == params.n * 3
+    for a, b in zip(shared.logprobs, plain.logprobs):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_shared_prompt_prefill_greedy_with_several_samples(model_and_tok):
+    """`generate` refuses greedy with num_return_sequences > 1; the shared path gives n copies of the greedy answer."""
+    model, tok = model_and_tok
+    prompts = [tok("12+3=").input_ids, tok("7").input_ids]
+    engine = HFGenerateEngine(model, tok.pad_token_id, tok.eos_token_id)
+    one = engine.generate(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=4))
+    two = engine.generate(prompts, SamplingParams(n=2, temperature=0.0, max_new_tokens=4))
+    assert two.response_ids == [r for r in one.response_ids for _ in range(2)]
