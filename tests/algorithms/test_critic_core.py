@@ -70,6 +70,7 @@ class _ConstShell:
     """A critic shell whose values are one learnable scalar per token position (no model), on the real core."""
 
     pad_id = 0
+    pack_width = 0  # padded micro-batches (the Shell protocol)
 
     def __init__(self, T: int):
         self.v = torch.nn.Parameter(torch.zeros(T))
