@@ -1,6 +1,6 @@
 """Reward functions and the manager that scores batches safely. Importing registers every reward."""
 
-from creditrl.rewards import code, custom, math_answer, numeric, reward_model, shaping  # noqa: F401  (registers)
+from creditrl.rewards import code, countdown, custom, math_answer, numeric, reward_model, shaping  # noqa: F401  (registers)
 from creditrl.rewards.base import (
     REWARDS,
     RewardBatch,
