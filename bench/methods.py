@@ -551,13 +551,10 @@ def per_step(rows: list[dict], metric: str) -> list[float]:
 
 
 @dataclass
-class CountdownRun:
-    method: str
-    seed: int
-    rows: list[dict] = field(default_factory=list)
+class CountdownRun(RunResult):
+    """A countdown run: the trainer's rows plus the bench's own held-out evaluation (`heldout.json`)."""
+
     held: dict | None = None
-    error: str | None = None
-    wall_s: float = float("nan")
 
 
 def run_countdown(method: str, seed: int, out: Path, task: Path, overrides: list[str], args) -> CountdownRun:
@@ -596,7 +593,7 @@ def load_countdown_runs(out: Path, methods: list[str], seeds: list[int]) -> dict
                 held = {} if any("final/pref_acc" in r for r in rows) else None
             else:
                 held = json.loads((d / "heldout.json").read_text()) if (d / "heldout.json").exists() else None
-            runs[m].append(CountdownRun(m, s, rows, held))
+            runs[m].append(CountdownRun(m, s, rows, held=held))
     return runs
 
 
