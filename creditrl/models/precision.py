@@ -54,4 +54,4 @@ def use_bf16_autocast(model_cfg: ModelConfig) -> bool:
     """`model.autocast_bf16` as a bool: the setting, or for null the automatic choice (module docstring)."""
     if model_cfg.autocast_bf16 is not None:
         return model_cfg.autocast_bf16
-    return _auto(str(Path(model_cfg.path).resolve()))
+    return _auto(model_cfg.path)  # cached by the path as written: called on every forward, so no filesystem lookup

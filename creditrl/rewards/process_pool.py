@@ -228,7 +228,10 @@ class RewardProcessPool:
                       kill: bool = True) -> list:
         """Replace the worker; its running sample fails with `why`, the samples queued behind it go back to `todo`."""
         running, queued = w.tasks[0], list(w.tasks)[1:]
-        self._replace(w) if kill else self._respawn(w)
+        if kill:
+            self._replace(w)
+        else:  # already killed and reaped by the caller
+            self._respawn(w)
         todo.extendleft(reversed(queued))
         return failed_results(self.rewards, samples[running], why)
 
