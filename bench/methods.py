@@ -368,23 +368,28 @@ PREDICTIONS = (
     Prediction("P4", "lp_reg", "grpo", "greedy", "higher", "2510.03222"),
     Prediction("P5", "dcpo", "grpo", "clipfrac", "lower", "2509.02333"),
     Prediction("P6", "dcpo", "grpo", "utilisation", "higher", "2509.02333"),
+    Prediction("P6", "dcpo", "grpo", "utilisation_estimate", "higher", "2509.02333 (the pre-registered estimate)"),
     Prediction("P7", "dcpo", "grpo", "pass1", "higher", "2509.02333"),
     Prediction("P8", "thr", "grpo", "greedy", "higher", "2510.03669"),
     Prediction("P9", "thr_explore", "grpo", "passk", "higher", "2510.03669"),
     Prediction("P10", "high_entropy", "dapo", "greedy", "noninferior", "2506.01939", margin=0.02),
     Prediction("P11", "high_entropy", "dapo", "entropy", "higher", "2506.01939"),
     Prediction("P12", "tdpo1", "dpo", "kl_chosen", "lower", "2404.11999"),
+    Prediction("P12", "tdpo1", "dpo", "pref_acc", "equal", "2404.11999 (the condition: at equal preference acc)"),
     Prediction("P12", "tdpo2", "dpo", "kl_chosen", "lower", "2404.11999"),
+    Prediction("P12", "tdpo2", "dpo", "pref_acc", "equal", "2404.11999 (the condition: at equal preference acc)"),
 )
-PER_SEED = ("kl_chosen", "pref_acc")  # preference runs: one value per seed (final/* of metrics.jsonl)
+PER_PAIR = ("kl_chosen", "pref_acc")  # preference runs: one value per held-out pair (heldout.json of the run)
 # P0: GRPO against its own step 0 (the SFT warm start): the phenomena the papers target.
 GRPO_PHENOMENA = (("greedy", "higher"), ("pass1", "higher"), ("entropy", "lower"), ("passk", "not higher"))
 PER_PROMPT = ("greedy", "pass1", "passk", "entropy", "length")  # from heldout.json, one value per prompt
-PER_STEP = ("clipfrac", "utilisation")  # from metrics.jsonl, one value per training step
+PER_STEP = ("clipfrac", "utilisation", "utilisation_estimate")  # from metrics.jsonl, one value per training step
 METRIC_NAMES = {"greedy": "greedy acc", "pass1": "pass@1", "passk": "pass@k", "entropy": "held-out entropy",
                 "length": "response tokens", "clipfrac": "clip fraction", "utilisation": "response utilisation",
+                "utilisation_estimate": "response utilisation (pre-registered estimate)",
                 "kl_chosen": "held-out KL/token to ref (chosen)", "pref_acc": "held-out preference acc"}
 DIAGNOSTICS = ("reward/mean", "actor/entropy", "response/length_mean", "pg_clipfrac", "adv/zero_std_frac",
+               "adv/nonzero_frac",
                "steer/weight_mean", "steer/weight_at_min_frac",
                "lp_reg/gate_open", "lp_reg/coverage", "lp_reg/filtered_frac", "dcpo/clip_lo_mean", "dcpo/clip_hi_mean",
                "adv/sas_revisited_frac", "thr/weight_mean", "thr/positive_frac", "thr/scored_frac",
@@ -420,6 +425,8 @@ def verdict(lo: float, hi: float, direction: str, margin: float = 0.0) -> str:
         return "shown" if lo > -margin else "opposite" if hi < 0 else "not shown"
     if direction == "not higher":  # flat or down: shown unless the CI says it went up
         return "opposite" if lo > 0 else "shown"
+    if direction == "equal":  # a condition of another prediction (P12's "at equal preference accuracy")
+        return "holds" if lo <= 0 <= hi else "does not hold"
     raise ValueError(direction)
 
 
@@ -524,6 +531,56 @@ def _heldout_generate(engine, rewards, tokenizer, rows, prompts, out, k, seed, m
                 out["length"] = [n / k for n in ntok]
 
 
+def heldout_pairs_eval(run_dir: Path, task: Path) -> dict:
+    """Per-pair held-out results of a preference run's final policy pi against the warm start pi_ref, on
+    `data/eval_pairs.jsonl`, in float64 from plain full-vocabulary logits (independent of the trainer's fused
+    kernel): for each pair, the mean over the chosen response's tokens t (EOS included) of
+
+        KL_t(pi_ref || pi) = sum_v pi_ref(v | x, y_<t) (log pi_ref(v | .) - log pi(v | .)),
+
+    the same for the rejected response, the token counts (so that sum KL / sum tokens reproduces the trainer's
+    `final/kl_per_token_*`), and pref_acc = [log pi(y_w | x) > log pi(y_l | x)]."""
+    import torch
+
+    from creditrl.config import load_config
+    from creditrl.models.build import load_causal_lm, load_tokenizer
+    from creditrl.trainer.export import load_checkpoint
+    from creditrl.trainer.preference import load_pair_files
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ckpt, _, policy = load_checkpoint(run_dir)
+    ref = load_causal_lm(str(task / "sft"), "float32").eval()
+    policy, ref = policy.double(), ref.double()
+    tokenizer = load_tokenizer(str(ckpt / "model"))
+    cfg = load_config("tiny_dpo", countdown_pref_overrides(task, argparse.Namespace(pref_steps=1, eval_prompts=1)))
+    pairs = load_pair_files(cfg, list(cfg.preference.eval_files), tokenizer)
+
+    def side(prompt_ids, response_ids) -> tuple[float, float]:  # (sum_t KL_t, log pi(y | x))
+        ids = torch.tensor([list(prompt_ids) + list(response_ids)])  # [1, P + R]
+        p, r = len(prompt_ids), len(response_ids)
+        lp = torch.log_softmax(policy(ids).logits[0, p - 1: p + r - 1], -1)  # [R, V]
+        lq = torch.log_softmax(ref(ids).logits[0, p - 1: p + r - 1], -1)  # [R, V]
+        kl = (lq.exp() * (lq - lp)).sum(-1)  # [R]
+        return float(kl.sum()), float(lp.gather(-1, ids[0, p:, None]).sum())
+
+    out: dict[str, list] = {k: [] for k in ("pair", "kl_chosen", "kl_rejected", "kl_sum_chosen", "tokens_chosen",
+                                            "kl_sum_rejected", "tokens_rejected", "pref_acc")}
+    with torch.no_grad():
+        for pair in pairs:
+            kl_w, lp_w = side(pair.prompt_ids, pair.chosen_ids)
+            kl_l, lp_l = side(pair.prompt_ids, pair.rejected_ids)
+            n_w, n_l = len(pair.chosen_ids), len(pair.rejected_ids)
+            out["pair"].append(pair.key)
+            out["kl_chosen"].append(kl_w / n_w)
+            out["kl_rejected"].append(kl_l / n_l)
+            out["kl_sum_chosen"].append(kl_w)
+            out["tokens_chosen"].append(n_w)
+            out["kl_sum_rejected"].append(kl_l)
+            out["tokens_rejected"].append(n_l)
+            out["pref_acc"].append(float(lp_w > lp_l))
+    return out
+
+
 def per_prompt(held: dict, metric: str) -> list[float]:
     from creditrl.trainer.evaluate import pass_at_k
 
@@ -538,16 +595,17 @@ def per_prompt(held: dict, metric: str) -> list[float]:
 
 
 def per_step(rows: list[dict], metric: str) -> list[float]:
-    """One value per training step: pg_clipfrac, or response utilisation (share of responses with a non-zero
-    advantage: 1 - zero_std_frac, and for DCPO's SAS the revisited all-equal groups count as used)."""
+    """One value per training step: pg_clipfrac, or response utilisation, the share of responses with a non-zero
+    advantage: measured (`adv/nonzero_frac`) where the run logged it, else the pre-registered estimate
+    1 - zero_std_frac x (1 - sas_revisited_frac) (exact for GRPO with 0/1 rewards; for DCPO an upper bound, since
+    it counts every revisited all-equal group as used)."""
     steps = [r for r in rows if "final/greedy_acc" not in r and "actor/pg_loss" in r]
     if metric == "clipfrac":
         return [float(r.get("pg_clipfrac", float("nan"))) for r in steps]
-    vals = []
-    for r in steps:
-        z = float(r.get("adv/zero_std_frac", float("nan")))
-        vals.append(1.0 - z * (1.0 - float(r.get("adv/sas_revisited_frac", 0.0))))
-    return vals
+    if metric == "utilisation_estimate" or any("adv/nonzero_frac" not in r for r in steps):
+        return [1.0 - float(r.get("adv/zero_std_frac", float("nan"))) * (1.0 - float(r.get("adv/sas_revisited_frac",
+                                                                                              0.0))) for r in steps]
+    return [float(r["adv/nonzero_frac"]) for r in steps]
 
 
 @dataclass
@@ -571,11 +629,9 @@ def run_countdown(method: str, seed: int, out: Path, task: Path, overrides: list
             res.error = (proc.stderr or proc.stdout).strip()[-600:]
             return res
         res.rows = read_rows(run_dir)
-    if method in PREF_METHODS:
-        res.held = {}
-        return res
     if not held_path.exists():
-        held = heldout_eval(run_dir, task, args.final_prompts, args.pass_k)
+        held = (heldout_pairs_eval(run_dir, task) if method in PREF_METHODS
+                else heldout_eval(run_dir, task, args.final_prompts, args.pass_k))
         held_path.write_text(json.dumps(held))
     res.held = json.loads(held_path.read_text())
     res.wall_s = time.perf_counter() - t0
@@ -589,19 +645,15 @@ def load_countdown_runs(out: Path, methods: list[str], seeds: list[int]) -> dict
         for s in seeds:
             d = out / f"{m}-seed{s}"
             rows = read_rows(d)
-            if m in PREF_METHODS:
-                held = {} if any("final/pref_acc" in r for r in rows) else None
-            else:
-                held = json.loads((d / "heldout.json").read_text()) if (d / "heldout.json").exists() else None
+            held = json.loads((d / "heldout.json").read_text()) if (d / "heldout.json").exists() else None
             runs[m].append(CountdownRun(m, s, rows, held=held))
     return runs
 
 
 def _arm(runs: list[CountdownRun], metric: str):
     """[seeds, units] of a metric over the finished runs of one method (None if none finished)."""
-    if metric in PER_SEED:
-        key = {"kl_chosen": "final/kl_per_token_chosen", "pref_acc": "final/pref_acc"}[metric]
-        vals = [[float(next(x[key] for x in r.rows if key in x))] for r in runs if r.held is not None]
+    if metric in PER_PAIR:
+        vals = [[float(x) for x in r.held[metric]] for r in runs if r.held is not None]
         return vals or None
     if metric in PER_STEP:
         vals = [per_step(r.rows, metric) for r in runs if r.held is not None]
@@ -643,7 +695,8 @@ def judge(runs: dict[str, list[CountdownRun]], sft_held: dict | None, n_boot: in
 def _fmt(metric: str, x: float) -> str:
     if math.isnan(x):
         return "n/a"
-    return f"{100 * x:+.1f} pts" if metric in ("greedy", "pass1", "passk", "utilisation") else f"{x:+.4f}"
+    return f"{100 * x:+.1f} pts" if metric in ("greedy", "pass1", "passk", "utilisation", "utilisation_estimate",
+                                                   "pref_acc") else f"{x:+.4f}"
 
 
 def countdown_summary(runs: dict[str, list[CountdownRun]], sft_held: dict | None, k: int) -> list[str]:
@@ -672,14 +725,17 @@ def countdown_summary(runs: dict[str, list[CountdownRun]], sft_held: dict | None
         lines.append(f"| {m} | {len(ok)} | {_pct(v[0])} | {_pct(v[1])} | {_pct(v[2])} | {v[3]:.3f} | {v[4]:.1f} | "
                      f"{_num(cf, 4)} | {_pct(ut)} | {_num(sps, 2)} |")
     if pref:
-        lines += ["", "| preference loss (P12) | seeds | held-out pref acc | greedy acc (eval prompts) | KL/token "
-                  "chosen | KL/token rejected |", "|---|---|---|---|---|---|"]
+        lines += ["", "| preference loss (P12) | seeds | held-out pref acc | KL/token chosen (mean over pairs) | "
+                  "KL/token chosen (sum / tokens; trainer's) | KL/token rejected | greedy acc (trainer's eval "
+                  "prompts) |", "|---|---|---|---|---|---|---|"]
         for m, ok in pref:
             finals = [next((x for x in r.rows if "final/pref_acc" in x), {}) for r in ok]
-            cell = lambda key: _mean([f.get(key, float("nan")) for f in finals])  # noqa: E731
-            lines.append(f"| {m} | {len(ok)} | {_pct(cell('final/pref_acc'))} | {_pct(cell('final/greedy_acc'))} | "
-                         f"{_num(cell('final/kl_per_token_chosen'), 4)} | "
-                         f"{_num(cell('final/kl_per_token_rejected'), 4)} |")
+            trainer = lambda key: _mean([f.get(key, float("nan")) for f in finals])  # noqa: E731
+            held = lambda key: _mean([_mean(r.held[key]) for r in ok])  # noqa: E731
+            pooled = _mean([sum(r.held["kl_sum_chosen"]) / sum(r.held["tokens_chosen"]) for r in ok])
+            lines.append(f"| {m} | {len(ok)} | {_pct(held('pref_acc'))} | {_num(held('kl_chosen'), 4)} | "
+                         f"{_num(pooled, 4)} ({_num(trainer('final/kl_per_token_chosen'), 4)}) | "
+                         f"{_num(held('kl_rejected'), 4)} | {_pct(trainer('final/greedy_acc'))} |")
     return lines
 
 
@@ -692,9 +748,11 @@ def diagnostics_table(runs: dict[str, list[CountdownRun]]) -> list[str]:
         ok = [r for r in rs if r.held is not None]
         parts = []
         for key in DIAGNOSTICS:
-            v = _mean([_mean(train_curve(r.rows, key)[1]) for r in ok])
-            if not math.isnan(v):
-                parts.append(f"`{key}` {v:.4g}")
+            per_seed = [_mean(train_curve(r.rows, key)[1]) for r in ok]
+            logged = sum(not math.isnan(x) for x in per_seed)
+            if logged:  # a metric added after some runs were made says over how many seeds it is
+                parts.append(f"`{key}` {_mean(per_seed):.4g}" + (f" ({logged} of {len(ok)} seeds)"
+                                                                 if logged < len(ok) else ""))
         lines.append(f"| {m} | {', '.join(parts) if parts else 'no finished run'} |")
     return lines
 

@@ -143,6 +143,7 @@ class Algorithm:
             metrics["actor/kl_in_reward"] = (kl_t.sum() / inputs.mask.sum().clamp_min(1)).item()
         adv, m = self.advantage(inputs)
         metrics.update(m)
+        metrics["adv/nonzero_frac"] = nonzero_response_frac(adv, inputs.mask)
         return adv, metrics
 
     # ---- every micro-batch ---------------------------------------------------------------------------
@@ -223,6 +224,13 @@ class Algorithm:
                 raise ValueError(f"the saved algorithm state has '{key}', which this recipe's algorithm lacks: "
                                  f"resume with the recipe the run was started with")
             named[key].load_state_dict(part_state)
+
+
+def nonzero_response_frac(adv: Tensor, mask: Tensor) -> float:
+    """Share of responses whose advantage is non-zero on at least one response token: the responses that carry a
+    policy-gradient signal (the response utilisation ratio DCPO reports, arXiv 2509.02333). adv, mask: [B, T]."""
+    used = ((adv != 0) & mask.bool()).any(dim=-1)  # [B]
+    return used.double().mean().item() if len(used) else 0.0
 
 
 def _reward_on_last_token(rewards: Tensor, mask: Tensor) -> Tensor:

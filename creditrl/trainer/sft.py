@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from creditrl.config import RecipeConfig
+from creditrl.config.schema import ModelConfig
 from creditrl.data import PromptSampler, load_prompt_datasets
 from creditrl.rewards import RewardManager
 from creditrl.rollout.hf_engine import HFGenerateEngine
@@ -64,6 +66,12 @@ def sft_batch(rows, tokenizer, suffix: str, field_name: str | None = None) -> Ro
                         torch.arange(len(rows)), [r.key for r in rows], torch.ones(len(rows), dtype=torch.bool))
 
 
+def sft_model_config(cfg: RecipeConfig) -> ModelConfig:
+    """The model settings of the model SFT trains: `sft.init_path`, not `model.path` (which names the RL policy,
+    often SFT's output), so that `model.autocast_bf16: null` resolves from the width of the model actually trained."""
+    return replace(cfg.model, path=cfg.sft.init_path)
+
+
 def run_sft(cfg: RecipeConfig, console=None) -> dict[str, float]:
     """Fine-tune `sft.init_path` on the recipe's data and save it to `sft.output_path`; return eval metrics."""
     console = console or make_console()
@@ -73,6 +81,7 @@ def run_sft(cfg: RecipeConfig, console=None) -> dict[str, float]:
     train_data, eval_data = load_prompt_datasets(cfg.data, tokenizer, cfg.seed)
     eval_data.rows = eval_data.rows[: cfg.eval.max_prompts]
     model = load_causal_lm(sc.init_path, cfg.model.dtype)
+    bf16 = use_bf16_autocast(sft_model_config(cfg))
     model.config.use_cache = False
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=sc.lr, weight_decay=0.0)
@@ -84,7 +93,7 @@ def run_sft(cfg: RecipeConfig, console=None) -> dict[str, float]:
             rows = [train_data[i] for i in sampler.next_indices(sc.batch_size)]
             batch = sft_batch(rows, tokenizer, sc.answer_suffix, sc.answer_field)
             mb = make_micro_batch(batch, list(range(len(rows))), tokenizer.pad_token_id)
-            logp = micro_batch_token_stats(model, mb, 1.0, ("logp",), use_bf16_autocast(cfg.model))["logp"]
+            logp = micro_batch_token_stats(model, mb, 1.0, ("logp",), bf16)["logp"]
             loss = -(logp * mb.mask).sum() / mb.mask.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -86,3 +86,24 @@ def test_dcpo_state_goes_through_algorithm_checkpoint():
     a1, _ = algo.advantages(AdvantageInputs(rewards, groups, mask, keys))
     a2, _ = fresh.advantages(AdvantageInputs(rewards, groups, mask, keys))
     torch.testing.assert_close(a1, a2)
+
+
+def test_response_utilisation_counts_responses_with_a_nonzero_advantage():
+    """`adv/nonzero_frac`, hand-computed: GRPO gives an all-equal group zero advantages (2 of 5 responses carry a
+    signal); DCPO's SAS revisiting the same all-equal prompt after a mixed visit gives it a non-zero advantage."""
+    mask = torch.ones(5, 3)
+    mask[4, 1:] = 0  # a one-token response still counts once
+    groups = torch.tensor([0, 0, 0, 1, 1])
+    keys = ["a", "a", "a", "b", "b"]
+    grpo = Algorithm(AlgorithmConfig(**METHODS["grpo"]))
+    _, m = grpo.advantages(AdvantageInputs(torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0]), groups, mask, keys))
+    assert m["adv/nonzero_frac"] == pytest.approx(2 / 5)
+    assert m["adv/zero_std_frac"] == pytest.approx(3 / 5)  # per response: for binary GRPO the two agree
+
+    dcpo = Algorithm(AlgorithmConfig(**METHODS["dcpo"]))
+    first = AdvantageInputs(torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0]), groups, mask, keys)  # "a" mixed, "b" equal
+    _, m = dcpo.advantages(first)
+    assert m["adv/nonzero_frac"] == pytest.approx(3 / 5)
+    again = AdvantageInputs(torch.ones(5), groups, mask, keys)  # both all-equal now; only "a" has a mixed history
+    _, m = dcpo.advantages(again)
+    assert m["adv/nonzero_frac"] == pytest.approx(3 / 5)

@@ -55,13 +55,18 @@ def test_bootstrap_and_verdicts_on_hand_computed_rows(bench):
     assert bench.verdict(-0.03, 0.01, "noninferior", 0.02) == "not shown"
     assert bench.verdict(-0.05, -0.01, "noninferior", 0.02) == "opposite"
     assert bench.verdict(-0.02, 0.01, "not higher") == "shown" and bench.verdict(0.01, 0.05, "not higher") == "opposite"
+    assert bench.verdict(-0.02, 0.01, "equal") == "holds" and bench.verdict(0.01, 0.05, "equal") == "does not hold"
     held = {"k": 4, "greedy": [1, 0], "correct_of_k": [4, 1], "entropy": [0.5, 1.5], "length": [20, 22]}
     assert bench.per_prompt(held, "pass1") == [1.0, 0.25] and bench.per_prompt(held, "passk") == [1.0, 1.0]
     rows = [{"step": 1, "actor/pg_loss": 0.1, "pg_clipfrac": 0.1, "adv/zero_std_frac": 0.5},
             {"step": 2, "actor/pg_loss": 0.1, "pg_clipfrac": 0.3, "adv/zero_std_frac": 0.5,
              "adv/sas_revisited_frac": 0.5}, {"step": 2, "final/greedy_acc": 0.0}]
     assert bench.per_step(rows, "clipfrac") == [0.1, 0.3]
-    assert bench.per_step(rows, "utilisation") == [0.5, 0.75]
+    assert bench.per_step(rows, "utilisation") == [0.5, 0.75]  # not logged: the pre-registered estimate
+    for r, used in zip(rows, (0.5, 0.625)):
+        r["adv/nonzero_frac"] = used
+    assert bench.per_step(rows, "utilisation") == [0.5, 0.625]  # logged: the measured share
+    assert bench.per_step(rows, "utilisation_estimate") == [0.5, 0.75]
 
 
 def test_two_steps_heldout_and_report(bench, tmp_path):
@@ -77,7 +82,7 @@ def test_two_steps_heldout_and_report(bench, tmp_path):
                                 max_intermediate=60, n_train=8, n_sft=4, n_eval=6, n_pairs_train=2, n_pairs_eval=2))
     build_tiny_model(task / "sft", seed=0)
     doc = tmp_path / "methods.md"
-    doc.write_text("# Predictions\n\nkept\n\n<!-- countdown-results:start -->\nold\n<!-- countdown-results:end -->\n"
+    doc.write_text("# Predictions\n\nkept\n\n<!-- countdown-results:start -->\nSTALE BLOCK\n<!-- countdown-results:end -->\n"
                    "\n# Previous task\n")
     args = argparse.Namespace(out=out, steps=2, seeds=[0], eval_every=0, eval_prompts=4, pass_k=2, final_prompts=5,
                               sft_steps=0, pref_steps=2, task_args=[], boot=50, claims=None, doc=doc,
@@ -97,13 +102,25 @@ def test_two_steps_heldout_and_report(bench, tmp_path):
         train(load_config(f"tiny_{loss}", [*pref, f"output_dir={out / f'{loss}-seed0'}", "seed=0",
                                            "preference.batch_pairs=2", "preference.eval_max_pairs=2",
                                            "eval.max_prompts=2", "train.steps=1"]))
+        # the bench's per-pair evaluation (float64, plain logits) against the trainer's (fused kernel) numbers
+        held = bench.run_countdown(loss, 0, out, task, pref, args).held
+        final = next(r for r in bench.read_rows(out / f"{loss}-seed0") if "final/pref_acc" in r)
+        assert len(held["kl_chosen"]) == 2 and held["tokens_chosen"][0] >= 2
+        assert sum(held["kl_sum_chosen"]) / sum(held["tokens_chosen"]) == pytest.approx(
+            final["final/kl_per_token_chosen"], rel=1e-4, abs=1e-7)
+        assert sum(held["kl_sum_rejected"]) / sum(held["tokens_rejected"]) == pytest.approx(
+            final["final/kl_per_token_rejected"], rel=1e-4, abs=1e-7)
+        assert sum(held["pref_acc"]) / 2 == final["final/pref_acc"]
+        assert final["final/kl_per_token_chosen"] > 0  # one step moved the policy off the reference
     judged = bench.report_countdown(args, ["grpo", "steer", "dpo", "tdpo1", "tdpo2"], task, overrides)
-    p12 = {j["method"]: j for j in judged if j["pid"] == "P12"}
-    assert p12["tdpo2"]["verdict"] == "not run" and p12["tdpo1"]["verdict"] in ("shown", "not shown", "opposite")
+    p12 = {(j["method"], j["metric"]): j for j in judged if j["pid"] == "P12"}
+    assert p12["tdpo2", "kl_chosen"]["verdict"] == "not run"
+    assert p12["tdpo1", "kl_chosen"]["verdict"] in ("shown", "not shown", "opposite")
+    assert p12["tdpo1", "pref_acc"]["verdict"] in ("holds", "does not hold")
     p0 = [j for j in judged if j["pid"] == "P0"]
     assert all(j["est"] == 0.0 for j in p0)  # the same held-out file on both sides
     assert {j["verdict"] for j in judged if j["pid"] == "P1"} == {"not run"}  # steer has no run
     text = doc.read_text()
     assert text.startswith("# Predictions\n\nkept") and text.rstrip().endswith("# Previous task")
-    assert "### Predictions, judged" in text and "old" not in text and "| tdpo1 | 1 |" in text
+    assert "### Predictions, judged" in text and "STALE BLOCK" not in text and "| tdpo1 | 1 |" in text
     assert (tmp_path / "methods" / "countdown_greedy_acc.png").exists()

@@ -44,3 +44,15 @@ def test_explicit_setting_wins(monkeypatch, model_dir):
 def test_missing_model_dir_means_fp32(tmp_path):
     precision._auto.cache_clear()
     assert precision.use_bf16_autocast(ModelConfig(path=str(tmp_path / "nowhere"))) is False
+
+
+def test_sft_resolves_from_the_model_it_trains(monkeypatch, model_dir):
+    """SFT trains `sft.init_path`; `model.path` (the RL policy, SFT's output) may not exist yet."""
+    from creditrl.config import load_config
+    from creditrl.trainer.sft import sft_model_config
+
+    monkeypatch.setattr(precision, "cpu_fast_bf16", lambda: True)
+    wide = model_dir(512)
+    cfg = load_config("tiny_grpo", [f"sft.init_path={wide}", f"model.path={wide}/not-written-yet"])
+    assert precision.use_bf16_autocast(cfg.model) is False  # the unwritten output says nothing
+    assert sft_model_config(cfg).path == wide and precision.use_bf16_autocast(sft_model_config(cfg)) is True
