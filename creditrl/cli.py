@@ -283,22 +283,35 @@ def list_cmd(
 
 @tiny_app.command("init")
 def tiny_init(
-    out: Path = typer.Option(Path("tiny"), help="Directory for base/ (model + tokenizer) and data/"),
+    out: Path | None = typer.Option(None, help="Directory for base/ (model + tokenizer) and data/ "
+                                               "[default: tiny, or countdown with --task countdown]"),
     seed: int = typer.Option(0, help="Seed for the weights and the synthetic data"),
     force: bool = typer.Option(False, help="Rebuild even if the directory exists"),
+    task: str = typer.Option("addition", help="addition (tiny_* recipes) or countdown (countdown_grpo, "
+                                              "docs/methods.md)"),
 ):
-    """Build the tiny tokenizer + Llama-style model (random init) and the synthetic arithmetic task."""
+    """Build the tiny tokenizer + Llama-style model (random init) and a synthetic task: addition, or countdown."""
+    from creditrl.data.countdown import write_countdown_task
     from creditrl.data.synthetic import write_arithmetic_task
     from creditrl.models.tiny import build_tiny_model
 
+    if task not in ("addition", "countdown"):
+        _error(f"--task {task!r} is not a tiny task. Fix: --task addition or --task countdown")
+        raise typer.Exit(2)
+    out = out or Path("tiny" if task == "addition" else "countdown")
     _quiet_libraries()
     console = Console(highlight=False)
     if (out / "base" / "config.json").is_file() and (out / "data" / "train.jsonl").is_file() and not force:
         console.print(f"{out} already has a tiny model and data (use --force to rebuild)")
         return
     build_tiny_model(out / "base", seed=seed)
-    write_arithmetic_task(out / "data", seed=seed)
-    console.print(f"wrote {out / 'base'} (tokenizer + model) and {out / 'data'} (train.jsonl, eval.jsonl)")
+    if task == "addition":
+        write_arithmetic_task(out / "data", seed=seed)
+        console.print(f"wrote {out / 'base'} (tokenizer + model) and {out / 'data'} (train.jsonl, eval.jsonl)")
+        return
+    write_countdown_task(out, seed=seed)
+    console.print(f"wrote {out / 'base'} (tokenizer + model) and {out / 'data'} (train, sft, eval and pair files); "
+                  f"next: creditrl sft countdown_grpo, then creditrl train countdown_grpo")
 
 
 @tiny_app.command("chat")

@@ -413,7 +413,9 @@ def check_recipe(cfg: RecipeConfig, origins: Origins | None = None, command: str
         dopts = _data_opts(d, tok, cfg.sft.init_path)
         sft_field = cfg.sft.answer_field or d.answer_field
         fields = {**data_fields, sft_field: "sft.answer_field" if cfg.sft.answer_field else "data.answer_field"}
-        check_data_files(d.train_files, "data.train_files", fields, d.template, origins, d.prompt_field, **dopts)
+        files, key = (d.train_files, "data.train_files") if cfg.sft.train_files is None else \
+            (cfg.sft.train_files, "sft.train_files")
+        check_data_files(files, key, fields, d.template, origins, d.prompt_field, **dopts)
         check_data_files(d.eval_files, "data.eval_files", data_fields, d.template, origins, d.prompt_field, **dopts)
         return
     lora = cfg.model.lora.target_modules if cfg.model.lora.enabled else None

@@ -270,11 +270,20 @@ class SFTConfig:
     warmup_steps: int = 20  # linear warm-up steps
     answer_suffix: str = ""  # appended after the answer before EOS
     answer_field: str | None = None  # the field imitated by SFT; null = data.answer_field
+    train_files: list[str] | None = None  # the SFT corpus, when it is not the RL prompts; null = data.train_files
 
     def __post_init__(self):
         for key in ("init_path", "output_path"):
             if not getattr(self, key).strip():
                 raise ValueError(f"sft.{key} is empty. Fix: a model directory")
+        if self.train_files is not None:
+            if not self.train_files:
+                raise ValueError("sft.train_files is empty. Fix: give the SFT data files, or null to train on the "
+                                 "RL prompt files")
+            for i, f in enumerate(self.train_files):
+                if not f.strip():
+                    raise ValueError(f"sft.train_files[{i}] is an empty path. Fix: remove it or give a .jsonl/.parquet "
+                                     f"file")
         _at_least("sft", self, ("steps", "batch_size"), 1)
         _at_least("sft", self, ("warmup_steps",), 0)
         _positive("sft", self, ("lr",))

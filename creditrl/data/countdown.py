@@ -28,10 +28,10 @@ and larger prompt set), data/eval.jsonl (held-out, disjoint from both), data/{tr
 pairs: chosen = a correct solution, rejected = a wrong derivation). The verifier is the `countdown` reward
 (creditrl/rewards/countdown.py: the data package may not import rewards, docs/architecture.md).
 
-    python -m creditrl.data.countdown --out countdown            # the task's data files
-    python -c "from creditrl.models.tiny import build_tiny_model; build_tiny_model('countdown/base')"
-    creditrl sft tiny_grpo <sft_overrides('countdown')>           # warm start -> countdown/sft
-    creditrl train tiny_grpo <task_overrides('countdown')>        # or any tiny_<method>; bench/methods.py does all
+    creditrl tiny init --task countdown      # countdown/data (these files) + countdown/base (the tiny model)
+    creditrl sft countdown_grpo              # warm start -> countdown/sft (= sft_overrides('countdown'))
+    creditrl train countdown_grpo            # GRPO; any tiny_<method> with task_overrides('countdown')
+    python -m creditrl.data.countdown --out countdown --n-numbers 3 ...   # the data files alone, with other knobs
 """
 
 from __future__ import annotations
@@ -187,9 +187,9 @@ def sft_overrides(task_dir: str | Path) -> list[str]:
     """Overrides of `creditrl sft tiny_grpo` for a task directory: the warm start on data/sft.jsonl (imitating
     `sft_answer`, tiny_grpo's 1,000 steps of 64 rows), base/ -> sft/, evaluated with the countdown reward."""
     d = Path(task_dir)
-    return [f"sft.init_path={d}/base", f"sft.output_path={d}/sft", f"data.train_files=[{d}/data/sft.jsonl]",
-            f"data.eval_files=[{d}/data/eval.jsonl]", "sft.answer_field=sft_answer", "rollout.max_new_tokens=40",
-            "reward.fns=[{name: countdown, weight: 1.0}]"]
+    return [f"sft.init_path={d}/base", f"sft.output_path={d}/sft", f"sft.train_files=[{d}/data/sft.jsonl]",
+            f"data.train_files=[{d}/data/train.jsonl]", f"data.eval_files=[{d}/data/eval.jsonl]",
+            "sft.answer_field=sft_answer", "rollout.max_new_tokens=40", "reward.fns=[{name: countdown, weight: 1.0}]"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from creditrl.config import RecipeConfig
-from creditrl.config.schema import ModelConfig
+from creditrl.config.schema import DataConfig, ModelConfig
 from creditrl.data import PromptSampler, load_prompt_datasets
 from creditrl.rewards import RewardManager
 from creditrl.rollout.hf_engine import HFGenerateEngine
@@ -72,13 +72,19 @@ def sft_model_config(cfg: RecipeConfig) -> ModelConfig:
     return replace(cfg.model, path=cfg.sft.init_path)
 
 
+def sft_data_config(cfg: RecipeConfig) -> DataConfig:
+    """The data settings SFT reads: `data` with `sft.train_files` as the training files when set (a separate SFT
+    corpus, e.g. the countdown task's `sft.jsonl`); held-out prompts stay `data.eval_files`."""
+    return cfg.data if cfg.sft.train_files is None else replace(cfg.data, train_files=list(cfg.sft.train_files))
+
+
 def run_sft(cfg: RecipeConfig, console=None) -> dict[str, float]:
     """Fine-tune `sft.init_path` on the recipe's data and save it to `sft.output_path`; return eval metrics."""
     console = console or make_console()
     sc = cfg.sft
     seed_everything(cfg.seed)
     tokenizer = load_tokenizer(sc.init_path)
-    train_data, eval_data = load_prompt_datasets(cfg.data, tokenizer, cfg.seed)
+    train_data, eval_data = load_prompt_datasets(sft_data_config(cfg), tokenizer, cfg.seed)
     eval_data.rows = eval_data.rows[: cfg.eval.max_prompts]
     model = load_causal_lm(sc.init_path, cfg.model.dtype)
     bf16 = use_bf16_autocast(sft_model_config(cfg))
