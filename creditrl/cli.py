@@ -291,7 +291,7 @@ def tiny_init(
                                               "docs/methods.md)"),
 ):
     """Build the tiny tokenizer + Llama-style model (random init) and a synthetic task: addition, or countdown."""
-    from creditrl.data.countdown import write_countdown_task
+    from creditrl.data import countdown
     from creditrl.data.synthetic import write_arithmetic_task
     from creditrl.models.tiny import build_tiny_model
 
@@ -309,7 +309,7 @@ def tiny_init(
         write_arithmetic_task(out / "data", seed=seed)
         console.print(f"wrote {out / 'base'} (tokenizer + model) and {out / 'data'} (train.jsonl, eval.jsonl)")
         return
-    write_countdown_task(out, seed=seed)
+    countdown.write_countdown_task(out, countdown.CountdownSpec(), seed=seed)
     console.print(f"wrote {out / 'base'} (tokenizer + model) and {out / 'data'} (train, sft, eval and pair files); "
                   f"next: creditrl sft countdown_grpo, then creditrl train countdown_grpo")
 

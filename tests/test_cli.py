@@ -85,3 +85,32 @@ def test_tiny_init_and_eval_checkpoint(tiny_task, tmp_path):
                                                                            "eval.pass_k=2")])
     assert result.exit_code == 0, result.output
     assert "eval/greedy_acc" in result.output and "eval/pass@2" in result.output
+
+
+def test_tiny_init_countdown_then_the_shipped_recipe(tmp_path, monkeypatch):
+    """`creditrl tiny init --task countdown`, then `creditrl sft countdown_grpo` (reads sft.train_files, not the RL
+    prompts) and `creditrl train countdown_grpo`, from the directory they were made in (a smaller task for speed)."""
+    import json
+
+    from creditrl.data import countdown
+
+    small = countdown.CountdownSpec(n_numbers=3, max_number=9, max_target=40, max_intermediate=60, n_train=8,
+                                    n_sft=12, n_eval=6, n_pairs_train=2, n_pairs_eval=2)
+    monkeypatch.setattr(countdown, "CountdownSpec", lambda: small)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["tiny", "init", "--task", "countdown"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "countdown" / "base" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "countdown" / "data" / "spec.json").read_text())["n_sft"] == 12
+    result = runner.invoke(app, ["sft", "countdown_grpo", "sft.steps=2", "sft.batch_size=4", "eval.max_prompts=2",
+                                 "logging.progress=false"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "countdown" / "sft" / "model.safetensors").is_file()
+    result = runner.invoke(app, ["train", "countdown_grpo", "train.steps=1", "train.global_batch_prompts=2",
+                                 "train.mini_batch_prompts=2", "rollout.n_samples=2", "eval.every_steps=0",
+                                 "eval.max_prompts=2", "eval.pass_k=0", "output_dir=run", "logging.progress=false"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("reward/countdown" in r for r in rows)
+    result = runner.invoke(app, ["tiny", "init", "--task", "sums"])
+    assert result.exit_code == 2 and "--task addition or --task countdown" in result.output

@@ -187,7 +187,9 @@ def test_yaml_merge_keys_still_work(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """A directory laid out like `creditrl tiny init` + sft + make_pairs, so the shipped recipes resolve."""
+    """A directory laid out like `creditrl tiny init` + sft + make_pairs (and `tiny init --task countdown` + sft,
+    with a smaller task), so the shipped recipes resolve."""
+    from creditrl.data.countdown import CountdownSpec, write_countdown_task
     from creditrl.data.synthetic import write_arithmetic_task
     from creditrl.models.tiny import build_tiny_model
     from creditrl.preference.data import write_arithmetic_pairs
@@ -198,6 +200,11 @@ def workdir(tmp_path_factory):
     write_arithmetic_pairs(root / "tiny")
     for name in ("sft", "cdpo_pos", "cdpo_neg"):
         shutil.copytree(root / "tiny" / "base", root / "tiny" / name)
+    write_countdown_task(root / "countdown", CountdownSpec(n_numbers=3, max_number=9, max_target=40,
+                                                           max_intermediate=60, n_train=8, n_sft=8, n_eval=4,
+                                                           n_pairs_train=2, n_pairs_eval=2))
+    for name in ("base", "sft"):
+        shutil.copytree(root / "tiny" / "base", root / "countdown" / name)
     return root
 
 
@@ -227,6 +234,18 @@ def test_shipped_recipes_pass_all_file_checks(in_work):
         _validate(r.stem)
     _validate("tiny_grpo", command="sft")
     _validate("tiny_grpo", command="eval")
+    _validate("countdown_grpo", command="sft")  # checks sft.train_files (the SFT corpus has sft_answer)
+
+
+def test_sft_train_files_are_checked_under_their_own_key(in_work, tmp_path):
+    msg = _err(_validate, "countdown_grpo", [f"sft.train_files=[{tmp_path / 'missing.jsonl'}]"], command="sft")
+    assert "sft.train_files" in msg and "not found" in msg
+    no_field = tmp_path / "rl_prompts.jsonl"
+    no_field.write_text(json.dumps({"prompt": "3,4 to 12:", "answer": "12"}) + "\n")
+    msg = _err(_validate, "countdown_grpo", [f"sft.train_files=[{no_field}]"], command="sft")
+    assert "sft_answer" in msg and "sft.answer_field" in msg
+    assert "sft.train_files is empty" in _err(_validate, "countdown_grpo", ["sft.train_files=[]"])
+    _validate("countdown_grpo", [f"sft.train_files=[{tmp_path / 'missing.jsonl'}]"])  # not read by `train`
 
 
 def _mutate_config_json(d: Path, text: str) -> None:

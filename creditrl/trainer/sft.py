@@ -74,7 +74,8 @@ def sft_model_config(cfg: RecipeConfig) -> ModelConfig:
 
 def sft_data_config(cfg: RecipeConfig) -> DataConfig:
     """The data settings SFT reads: `data` with `sft.train_files` as the training files when set (a separate SFT
-    corpus, e.g. the countdown task's `sft.jsonl`); held-out prompts stay `data.eval_files`."""
+    corpus, e.g. the countdown task's `sft.jsonl`). Held-out prompts stay `data.eval_files` (without them, a
+    `data.eval_fraction` split of the files SFT reads)."""
     return cfg.data if cfg.sft.train_files is None else replace(cfg.data, train_files=list(cfg.sft.train_files))
 
 
