@@ -102,8 +102,9 @@ def test_tiny_init_countdown_then_the_shipped_recipe(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "countdown" / "base" / "model.safetensors").is_file()
     assert json.loads((tmp_path / "countdown" / "data" / "spec.json").read_text())["n_sft"] == 12
+    # data.train_files (the RL prompts) made unreadable: SFT must read sft.train_files, the SFT corpus
     result = runner.invoke(app, ["sft", "countdown_grpo", "sft.steps=2", "sft.batch_size=4", "eval.max_prompts=2",
-                                 "logging.progress=false"])
+                                 "data.train_files=[countdown/data/not-there.jsonl]", "logging.progress=false"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "countdown" / "sft" / "model.safetensors").is_file()
     result = runner.invoke(app, ["train", "countdown_grpo", "train.steps=1", "train.global_batch_prompts=2",
